@@ -1,0 +1,179 @@
+"""The tables jobline owns, declared once. Alembic migrations in ``db/migrations`` create them;
+``tests/integration/test_migrations.py`` checks that the migrated schema equals these models.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from db.statuses import TERMINAL, Status
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: A 64-bit id on PostgreSQL; SQLite only auto-increments an INTEGER primary key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: jobline stores UTC-aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def sql_list(values: set[Status] | frozenset[Status] | list[Status]) -> str:
+    """A SQL list literal of status names, in lifecycle order."""
+    return ", ".join(f"'{status.value}'" for status in sorted(values, key=lambda s: s.id))
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    """One job per input product (or per API submission): the job record of REFERENCE.md."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_key: Mapped[bytes] = mapped_column(LargeBinary(16), unique=True)
+    job_type: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(100))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    product_id: Mapped[str] = mapped_column(String(300))
+    tile_id: Mapped[str | None] = mapped_column(String(64))
+    input_path: Mapped[str | None] = mapped_column(Text)
+    input_publication_date: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    output_path: Mapped[str | None] = mapped_column(Text)
+    output_publication_date: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    config: Mapped[dict[str, Any]] = mapped_column(JsonDoc, default=dict)
+    input_files: Mapped[list[Any]] = mapped_column(JsonDoc, default=list)
+    output_files: Mapped[list[Any]] = mapped_column(JsonDoc, default=list)
+
+    status: Mapped[str] = mapped_column(String(32))
+    # The context of the latest transition; the database copies it into job_status_changes.
+    status_seq: Mapped[int] = mapped_column(Integer, default=0)
+    status_changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    status_message: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[str | None] = mapped_column(String(100))
+    error_subtype: Mapped[str | None] = mapped_column(String(100))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    task_run_id: Mapped[str | None] = mapped_column(String(64))
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_accessed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint(f"status IN ({sql_list(list(Status))})", name="status_known"),
+        CheckConstraint(
+            f"(status IN ({sql_list(TERMINAL)})) = (finished_at IS NOT NULL)",
+            name="finished_iff_terminal",
+        ),
+        CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
+        Index("ix_jobs_type_status", "job_type", "status"),
+        Index("ix_jobs_claim", "queue", "status", "priority", "id"),
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_product_id", "product_id"),
+        Index("ix_jobs_tile_date", "tile_id", "input_publication_date"),
+        Index("ix_jobs_created_id", "created_at", "id"),
+        Index("ix_jobs_lease", "status", "lease_expires_at"),
+    )
+
+    @property
+    def key_hex(self) -> str:
+        return self.job_key.hex()
+
+
+class JobStatusChange(Base):
+    """Append-only history: one row per status change, written by the database's trigger."""
+
+    __tablename__ = "job_status_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigId, ForeignKey("jobs.id", ondelete="CASCADE"))
+    from_status: Mapped[str | None] = mapped_column(String(32))
+    to_status: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    message: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[str | None] = mapped_column(String(100))
+    error_subtype: Mapped[str | None] = mapped_column(String(100))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    task_run_id: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_job_status_changes_job_id_id", "job_id", "id"),)
+
+
+class JobMetadata(Base):
+    """Per job and key (normally the task name): a JSON document validated by a pydantic model."""
+
+    __tablename__ = "job_metadata"
+
+    job_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(300))
+    value: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Meta(Base):
+    """The store's own bookkeeping: schema version, discovery watermarks."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -1,0 +1,105 @@
+"""Plain values that go into and come out of the store (no database objects)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from db.statuses import Status
+
+
+def content_key(*parts: str) -> bytes:
+    """The 16-byte key that makes identical submissions one job."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\x1f")  # unit separator: ("ab", "c") and ("a", "bc") differ
+    return digest.digest()
+
+
+def product_key(job_type: str, product_id: str) -> bytes:
+    """Key of a discovered product's job: its job type and product id."""
+    return content_key("product", job_type, product_id)
+
+
+def config_key(job_type: str, config: dict[str, Any]) -> bytes:
+    """Key of a job submitted with a configuration: the canonical JSON of that configuration."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return content_key("config", job_type, canonical)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert. ``status`` is ``initialized`` or ``cancelled`` (e.g. a too-old product)."""
+
+    job_type: str
+    product_id: str
+    queue: str = "default"
+    priority: int = 0
+    tile_id: str | None = None
+    input_path: str | None = None
+    input_publication_date: datetime | None = None
+    input_files: list[Any] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    max_attempts: int = 3
+    status: Status = Status.INITIALIZED
+    message: str | None = None
+    job_key: bytes | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.job_key or product_key(self.job_type, self.product_id)
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """What :meth:`db.store.JobStore.insert_jobs` did: new job ids, and the products it skipped
+    because a job with the same key already existed."""
+
+    inserted: dict[bytes, int]
+    skipped: list[str]
+
+    @property
+    def inserted_ids(self) -> list[int]:
+        return list(self.inserted.values())
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """A batch transition: the jobs that moved, and those that were not in an expected status."""
+
+    changed: list[int]
+    unchanged: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RunIds:
+    """The Prefect run that made a change, recorded in the history row when known."""
+
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Filters of :meth:`db.store.JobStore.list_jobs`; every field narrows the list."""
+
+    statuses: tuple[Status, ...] = ()
+    job_type: str | None = None
+    tile_id: str | None = None
+    product_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    input_date_from: datetime | None = None
+    input_date_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of jobs in id order, and the cursor of the next page (None on the last)."""
+
+    jobs: list[Any]
+    next_cursor: int | None

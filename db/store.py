@@ -1,0 +1,575 @@
+"""The job store: the only code that reads or writes job state.
+
+Tasks, flows, the API and the CLI call the named methods of :class:`JobStore`. Every transition is
+one conditional UPDATE (``WHERE status IN (expected)``, and the worker's lease token where one is
+held); the database's triggers (:mod:`db.guard`) refuse illegal moves and write the history row in
+the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine, Select, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import make_engine
+from db.guard import ILLEGAL_TRANSITION_MARKER
+from db.models import Job, JobMetadata, JobStatusChange, Meta
+from db.records import BatchResult, InsertResult, JobFilter, NewJob, Page, RunIds
+from db.statuses import INITIAL, LEASED, TERMINAL, Status, is_legal
+from jobline.exceptions import (
+    IllegalTransition,
+    JobNotFound,
+    LeaseLost,
+    MetadataModelMismatch,
+    MetadataNotFound,
+    StaleTransition,
+)
+from jobline.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+Clock = Callable[[], datetime]
+
+#: Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters at 16 columns.
+INSERT_CHUNK = 2_000
+#: Columns a transition may set besides the status and its context.
+TRANSITION_FIELDS = frozenset(
+    {
+        "output_path",
+        "output_publication_date",
+        "output_files",
+        "input_files",
+        "config",
+        "priority",
+        "last_error",
+        "retry_at",
+        "max_attempts",
+    }
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_statuses(value: Status | str | Iterable[Status | str]) -> tuple[Status, ...]:
+    if isinstance(value, str):
+        return (Status(value),)
+    return tuple(Status(v) for v in value)
+
+
+def model_name(model: type[BaseModel]) -> str:
+    return f"{model.__module__}.{model.__qualname__}"
+
+
+class JobStore:
+    """Named operations on jobs, their history and metadata, over one SQLAlchemy engine.
+
+    ``clock`` gives the current time for everything the store timestamps, so tests of leases,
+    backoff and expiry can move time forward without sleeping.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, clock: Clock = utcnow) -> JobStore:
+        return cls(make_engine(settings), clock=clock)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction, committed on success; guard errors become jobline's."""
+        with self._sessions.begin() as session, _translate_guard_errors():
+            yield session
+
+    # ----------------------------------------------------------------------------- insert
+
+    def insert_jobs(self, jobs: Iterable[NewJob]) -> InsertResult:
+        """Insert jobs in bulk, idempotently by content key, with their first history rows.
+
+        Set-based: multi-row ``INSERT … ON CONFLICT (job_key) DO NOTHING RETURNING``. A product
+        whose key exists already (or repeats within ``jobs``) is skipped and reported.
+        """
+        now = self.clock()
+        rows: dict[bytes, dict[str, Any]] = {}
+        products: dict[bytes, str] = {}
+        skipped: list[str] = []
+        for job in jobs:
+            if job.status not in INITIAL:
+                raise IllegalTransition(None, None, job.status)
+            key = job.key
+            if key in rows:
+                skipped.append(job.product_id)
+                continue
+            rows[key] = self._insert_row(job, key, now)
+            products[key] = job.product_id
+        inserted: dict[bytes, int] = {}
+        chunk = list(rows.values())
+        with self.session() as session:
+            statement = (
+                self._insert_statement()
+                .on_conflict_do_nothing(index_elements=["job_key"])
+                .returning(Job.__table__.c.id, Job.__table__.c.job_key)
+            )
+            for start in range(0, len(chunk), INSERT_CHUNK):
+                result = session.execute(statement, chunk[start : start + INSERT_CHUNK])
+                inserted.update((bytes(key), job_id) for job_id, key in result)
+        skipped.extend(products[key] for key in products if key not in inserted)
+        return InsertResult(inserted=inserted, skipped=skipped)
+
+    def _insert_statement(self) -> Any:
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        return module.insert(Job.__table__)
+
+    @staticmethod
+    def _insert_row(job: NewJob, key: bytes, now: datetime) -> dict[str, Any]:
+        return {
+            "job_key": key,
+            "job_type": job.job_type,
+            "queue": job.queue,
+            "priority": job.priority,
+            "product_id": job.product_id,
+            "tile_id": job.tile_id,
+            "input_path": job.input_path,
+            "input_publication_date": job.input_publication_date,
+            "config": job.config,
+            "input_files": job.input_files,
+            "output_files": [],
+            "status": job.status.value,
+            "status_seq": 1,
+            "status_changed_at": now,
+            "status_message": job.message,
+            "attempts": 0,
+            "max_attempts": job.max_attempts,
+            "created_at": now,
+            "last_accessed_at": now,
+            "finished_at": now if job.status in TERMINAL else None,
+        }
+
+    # ------------------------------------------------------------------------- transitions
+
+    def transition(
+        self,
+        job_id: int,
+        to: Status | str,
+        *,
+        expected_from: Status | str | Iterable[Status | str],
+        message: str | None = None,
+        error_class: str | None = None,
+        error_subtype: str | None = None,
+        run: RunIds | None = None,
+        lease_token: str | None = None,
+        count_attempt: bool = False,
+        values: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Move one job to ``to`` if it is in one of ``expected_from``; returns the updated job.
+
+        Raises :class:`IllegalTransition` (no such edge), :class:`StaleTransition` (the job is
+        elsewhere), :class:`LeaseLost` (``lease_token`` no longer owns the job) or
+        :class:`JobNotFound`; in every case nothing is written.
+        """
+        target, expected = self._check_edge(job_id, to, expected_from)
+        assignments = self._assignments(
+            target, message, error_class, error_subtype, run, count_attempt, values
+        )
+        conditions = [Job.id == job_id, Job.status.in_(expected)]
+        if lease_token is not None:
+            conditions.append(Job.lease_token == lease_token)
+        with self.session() as session:
+            job = session.scalars(
+                update(Job).where(*conditions).values(**assignments).returning(Job),
+                execution_options={"synchronize_session": False},
+            ).one_or_none()
+            if job is None:
+                raise self._why_unchanged(session, job_id, expected, target, lease_token)
+            return job
+
+    def transition_many(
+        self,
+        job_ids: Sequence[int],
+        to: Status | str,
+        *,
+        expected_from: Status | str | Iterable[Status | str],
+        message: str | None = None,
+        error_class: str | None = None,
+        error_subtype: str | None = None,
+        run: RunIds | None = None,
+        count_attempt: bool = False,
+        values: Mapping[str, Any] | None = None,
+    ) -> BatchResult:
+        """Move many jobs in one UPDATE; jobs not in an expected status are reported, not moved."""
+        target, expected = self._check_edge(None, to, expected_from)
+        assignments = self._assignments(
+            target, message, error_class, error_subtype, run, count_attempt, values
+        )
+        changed: list[int] = []
+        with self.session() as session:
+            for start in range(0, len(job_ids), INSERT_CHUNK):
+                ids = list(job_ids[start : start + INSERT_CHUNK])
+                result = session.execute(
+                    update(Job.__table__)
+                    .where(Job.__table__.c.id.in_(ids), Job.__table__.c.status.in_(expected))
+                    .values(**assignments)
+                    .returning(Job.__table__.c.id)
+                )
+                changed.extend(result.scalars())
+        moved = set(changed)
+        return BatchResult(changed=changed, unchanged=[i for i in job_ids if i not in moved])
+
+    @staticmethod
+    def _check_edge(
+        job_id: int | None, to: Status | str, expected_from: Any
+    ) -> tuple[Status, tuple[Status, ...]]:
+        target = Status(to)
+        expected = _as_statuses(expected_from)
+        if not expected:
+            raise ValueError("expected_from: name at least one status the job is believed in")
+        for origin in expected:
+            if not is_legal(origin, target):
+                raise IllegalTransition(job_id, origin, target)
+        return target, expected
+
+    def _assignments(
+        self,
+        target: Status,
+        message: str | None,
+        error_class: str | None,
+        error_subtype: str | None,
+        run: RunIds | None,
+        count_attempt: bool,
+        values: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        unknown = set(values or {}) - TRANSITION_FIELDS
+        if unknown:
+            raise ValueError(
+                f"values: a transition cannot set {sorted(unknown)}; "
+                f"allowed are {sorted(TRANSITION_FIELDS)}"
+            )
+        now = self.clock()
+        table = Job.__table__.c
+        assignments: dict[str, Any] = {
+            "status": target.value,
+            "status_seq": table.status_seq + 1,
+            "status_changed_at": now,
+            "status_message": message,
+            "error_class": error_class,
+            "error_subtype": error_subtype,
+            "flow_run_id": run.flow_run_id if run else None,
+            "task_run_id": run.task_run_id if run else None,
+            "finished_at": func.coalesce(table.finished_at, now) if target in TERMINAL else None,
+            **(values or {}),
+        }
+        if error_class is not None:
+            assignments["last_error"] = message
+        if count_attempt:
+            assignments["attempts"] = table.attempts + 1
+        if target not in LEASED and target is not Status.QUEUED:
+            assignments.update(worker=None, lease_token=None, lease_expires_at=None)
+        return assignments
+
+    def _why_unchanged(
+        self,
+        session: Session,
+        job_id: int,
+        expected: tuple[Status, ...],
+        target: Status,
+        lease_token: str | None,
+    ) -> Exception:
+        row = session.execute(
+            select(Job.status, Job.lease_token).where(Job.id == job_id)
+        ).one_or_none()
+        if row is None:
+            return JobNotFound(job_id)
+        status, token = row
+        if lease_token is not None and token != lease_token and status in expected:
+            return LeaseLost(job_id, lease_token)
+        return StaleTransition(job_id, tuple(s.value for s in expected), status, target.value)
+
+    # ------------------------------------------------------------------- claims and leases
+
+    def claim(
+        self,
+        queue: str,
+        limit: int,
+        worker: str,
+        *,
+        lease_seconds: float = 30.0,
+        job_type: str | None = None,
+        run: RunIds | None = None,
+    ) -> list[Job]:
+        """Atomically move up to ``limit`` ready jobs of ``queue`` to ``queued`` for ``worker``.
+
+        Highest priority first, then oldest. On PostgreSQL the candidates are locked with
+        ``FOR UPDATE SKIP LOCKED``, so concurrent claimers never get the same job; SQLite
+        serialises writers. Each claimed job gets a lease token and expiry (see :meth:`heartbeat`).
+        A job waiting for a retry (``retry_at`` in the future) is not claimed.
+        """
+        if limit <= 0:
+            return []
+        now = self.clock()
+        candidates = (
+            select(Job.id)
+            .where(
+                Job.queue == queue,
+                Job.status == Status.READY.value,
+                or_(Job.retry_at.is_(None), Job.retry_at <= now),
+            )
+            .order_by(Job.priority.desc(), Job.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if job_type is not None:
+            candidates = candidates.where(Job.job_type == job_type)
+        # A CTE, not a subquery in WHERE: SQLAlchemy would correlate a subquery on ``jobs`` with the
+        # UPDATE's own ``jobs`` and the LIMIT would apply per row.
+        claimable = candidates.cte("claimable")
+        assignments = self._assignments(
+            Status.QUEUED, f"claimed by {worker}", None, None, run, False, None
+        )
+        assignments.update(
+            worker=worker,
+            lease_token=uuid.uuid4().hex,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            claimed_at=now,
+        )
+        with self.session() as session:
+            jobs = session.scalars(
+                update(Job)
+                .where(Job.id.in_(select(claimable.c.id)), Job.status == Status.READY.value)
+                .values(**assignments)
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            ).all()
+        return sorted(jobs, key=lambda job: (-job.priority, job.id))
+
+    def heartbeat(self, job_id: int, lease_token: str, lease_seconds: float = 30.0) -> datetime:
+        """Extend the lease of a job the worker still owns; :class:`LeaseLost` otherwise."""
+        expires = self.clock() + timedelta(seconds=lease_seconds)
+        with self.session() as session:
+            updated = session.execute(
+                update(Job.__table__)
+                .where(
+                    Job.__table__.c.id == job_id,
+                    Job.__table__.c.lease_token == lease_token,
+                    Job.__table__.c.status.in_([s.value for s in (*LEASED, Status.QUEUED)]),
+                )
+                .values(lease_expires_at=expires)
+                .returning(Job.__table__.c.id)
+            ).first()
+        if updated is None:
+            raise LeaseLost(job_id, lease_token)
+        return expires
+
+    # ------------------------------------------------------------------------- metadata
+
+    def set_metadata(self, job_id: int, key: str, value: BaseModel) -> None:
+        """Store ``value`` under ``key`` for the job, replacing what was there."""
+        now = self.clock()
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        document = value.model_dump(mode="json")
+        statement = module.insert(JobMetadata.__table__).values(
+            job_id=job_id,
+            key=key,
+            model=model_name(type(value)),
+            value=document,
+            created_at=now,
+            updated_at=now,
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["job_id", "key"],
+            set_={
+                "model": statement.excluded.model,
+                "value": statement.excluded.value,
+                "updated_at": now,
+            },
+        )
+        with self.session() as session:
+            if session.get(Job, job_id) is None:
+                raise JobNotFound(job_id)
+            session.execute(statement)
+
+    def get_metadata(self, job_id: int, key: str, model: type[M]) -> M:
+        """The metadata under ``key`` as a ``model`` instance.
+
+        :class:`MetadataNotFound` when there is none; :class:`MetadataModelMismatch` when the
+        stored document does not validate as ``model`` or carries fields ``model`` lacks.
+        """
+        with self.session() as session:
+            row = session.get(JobMetadata, (job_id, key))
+        if row is None:
+            raise MetadataNotFound(job_id, key)
+        extra = set(row.value) - set(model.model_fields)
+        if extra:
+            raise MetadataModelMismatch(
+                job_id, key, model_name(model), row.model, f"unknown fields {sorted(extra)}"
+            )
+        try:
+            return model.model_validate(row.value)
+        except ValidationError as error:
+            reason = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+            )
+            raise MetadataModelMismatch(job_id, key, model_name(model), row.model, reason) from None
+
+    def list_metadata(self, job_id: int) -> dict[str, dict[str, Any]]:
+        """Every metadata document of the job as plain JSON, by key."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(JobMetadata)
+                .where(JobMetadata.job_id == job_id)
+                .order_by(JobMetadata.created_at, JobMetadata.key)
+            ).all()
+        return {row.key: row.value for row in rows}
+
+    def delete_metadata(self, job_id: int, key: str) -> bool:
+        """Delete one metadata document; False when there was none."""
+        with self.session() as session:
+            result = session.execute(
+                delete(JobMetadata).where(JobMetadata.job_id == job_id, JobMetadata.key == key)
+            )
+        return bool(result.rowcount)
+
+    def collect_metadata(
+        self, *, finished_before: datetime, keys: Iterable[str] | None = None
+    ) -> int:
+        """Delete the metadata of jobs finished before ``finished_before`` (only ``keys`` if
+        given); returns the number of documents removed. Running jobs keep theirs."""
+        finished = select(Job.id).where(
+            Job.finished_at.is_not(None), Job.finished_at < finished_before
+        )
+        statement = delete(JobMetadata).where(JobMetadata.job_id.in_(finished))
+        if keys is not None:
+            statement = statement.where(JobMetadata.key.in_(list(keys)))
+        with self.session() as session:
+            return session.execute(statement).rowcount or 0
+
+    # ------------------------------------------------------------------------- queries
+
+    def get_job(self, job_id: int, *, touch: bool = True) -> Job:
+        """The job; ``touch`` records the access (``last_accessed_at``) for the expiry policy."""
+        with self.session() as session:
+            if touch:
+                job = session.scalars(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .values(last_accessed_at=self.clock())
+                    .returning(Job),
+                    execution_options={"synchronize_session": False},
+                ).one_or_none()
+            else:
+                job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def get_job_by_key(self, job_key: bytes) -> Job | None:
+        with self.session() as session:
+            return session.scalars(select(Job).where(Job.job_key == job_key)).one_or_none()
+
+    def get_jobs(self, job_ids: Iterable[int]) -> list[Job]:
+        """Several jobs in id order, without touching them."""
+        ids = list(job_ids)
+        with self.session() as session:
+            return list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
+
+    def list_jobs(
+        self, filters: JobFilter | None = None, *, after: int | None = None, limit: int = 100
+    ) -> Page:
+        """Jobs in id order, ``limit`` per page; pass the page's ``next_cursor`` as ``after``."""
+        if not 1 <= limit <= 10_000:
+            raise ValueError(f"limit: must be between 1 and 10000, got {limit}")
+        statement = _filtered(select(Job), filters or JobFilter()).order_by(Job.id).limit(limit + 1)
+        if after is not None:
+            statement = statement.where(Job.id > after)
+        with self.session() as session:
+            jobs = list(session.scalars(statement))
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return Page(jobs=jobs, next_cursor=jobs[-1].id if more else None)
+
+    def count_by_type_status(self, filters: JobFilter | None = None) -> dict[tuple[str, str], int]:
+        """Number of jobs per (job type, status)."""
+        statement = _filtered(
+            select(Job.job_type, Job.status, func.count()), filters or JobFilter()
+        ).group_by(Job.job_type, Job.status)
+        with self.session() as session:
+            return {(t, s): n for t, s, n in session.execute(statement)}
+
+    def history(self, job_id: int, *, after: int | None = None) -> list[JobStatusChange]:
+        """The job's status changes, oldest first (only those after history id ``after``)."""
+        statement = (
+            select(JobStatusChange)
+            .where(JobStatusChange.job_id == job_id)
+            .order_by(JobStatusChange.id)
+        )
+        if after is not None:
+            statement = statement.where(JobStatusChange.id > after)
+        with self.session() as session:
+            changes = list(session.scalars(statement))
+            if not changes and session.get(Job, job_id) is None:
+                raise JobNotFound(job_id)
+        return changes
+
+    # --------------------------------------------------------------------- bookkeeping
+
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as session:
+            row = session.get(Meta, key)
+        return row.value if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        now = self.clock()
+        statement = module.insert(Meta.__table__).values(key=key, value=value, updated_at=now)
+        statement = statement.on_conflict_do_update(
+            index_elements=["key"], set_={"value": value, "updated_at": now}
+        )
+        with self.session() as session:
+            session.execute(statement)
+
+
+def _filtered(statement: Select[Any], filters: JobFilter) -> Select[Any]:
+    conditions = []
+    if filters.statuses:
+        conditions.append(Job.status.in_([Status(s).value for s in filters.statuses]))
+    if filters.job_type is not None:
+        conditions.append(Job.job_type == filters.job_type)
+    if filters.tile_id is not None:
+        conditions.append(Job.tile_id == filters.tile_id)
+    if filters.product_id is not None:
+        conditions.append(Job.product_id == filters.product_id)
+    if filters.created_after is not None:
+        conditions.append(Job.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        conditions.append(Job.created_at < filters.created_before)
+    if filters.input_date_from is not None:
+        conditions.append(Job.input_publication_date >= filters.input_date_from)
+    if filters.input_date_until is not None:
+        conditions.append(Job.input_publication_date < filters.input_date_until)
+    return statement.where(*conditions)
+
+
+@contextmanager
+def _translate_guard_errors() -> Iterator[None]:
+    """The database's guard speaks SQL errors; callers get :class:`IllegalTransition`."""
+    try:
+        yield
+    except DBAPIError as error:
+        reason = str(error.orig).splitlines()[0]
+        if ILLEGAL_TRANSITION_MARKER in reason:
+            raise IllegalTransition(None, None, "?", f"refused by the database: {reason}") from None
+        raise

@@ -1,0 +1,93 @@
+"""The one settings object: every value comes from a ``JOBLINE_*`` variable or its default.
+
+No other module reads the environment: code receives a :class:`Settings` (usually from
+:func:`get_settings`) and tests build their own with explicit values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(user_data_dir("jobline", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JOBLINE_", extra="ignore")
+
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description="Where the embedded defaults live: SQLite file, demo storage, work dirs.",
+    )
+    database_url: str = Field(
+        "",
+        description=(
+            "SQLAlchemy URL of the job store. Empty means an SQLite file in data_dir, so the main "
+            "job runs with no server. postgresql:// URLs use the psycopg 3 driver."
+        ),
+    )
+    db_schema: str = Field(
+        "jobline",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema holding every jobline table (ignored on SQLite).",
+    )
+    work_dir: Path | None = Field(
+        None, description="Parent of the per-job work dirs; default data_dir/work."
+    )
+    runner: Literal["auto", "local", "docker"] = Field(
+        "auto",
+        description="How containers run: docker, local (a subprocess), or auto (docker if an "
+        "engine answers, else local). A job type may pin its own.",
+    )
+    keep_failed_workdirs: bool = Field(
+        False, description="Keep a failed job's work dir for inspection instead of removing it."
+    )
+    publication_sink: str = Field(
+        "",
+        description="Where publication messages go: amqp://… or file://…/publications.jsonl. "
+        "Empty means data_dir/publications.jsonl.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint for s3:// storage (e.g. a local S3-compatible server)."
+    )
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the REST API requires on every endpoint but /health."
+    )
+    lease_seconds: float = Field(30.0, gt=0, description="How long a worker's lease lasts.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a lease is extended.")
+    retry_base_seconds: float = Field(
+        0.0, ge=0, description="First backoff of a transient failure; doubles per attempt."
+    )
+    retry_max_seconds: float = Field(600.0, ge=0, description="Longest backoff.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_driver(cls, value: str) -> str:
+        # A bare postgresql:// URL would pick psycopg2, which jobline does not ship.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'jobline.db'}"
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return self.work_dir or self.data_dir / "work"
+
+    @property
+    def resolved_publication_sink(self) -> str:
+        return self.publication_sink or f"file://{self.data_dir / 'publications.jsonl'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
