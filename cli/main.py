@@ -1,11 +1,53 @@
-"""The ``jobline`` command."""
+"""The ``jobline`` command: operators' entry point.
+
+Exit codes scripts can rely on: 0 ok, 1 a job failed (when waiting), 2 usage error or not found.
+"""
 
 from __future__ import annotations
 
 import typer
+from rich.console import Console
+
+from db.engine import make_engine
+from db.migrate import current_revision, head_revision, upgrade
+from jobline.exceptions import JoblineError
+from jobline.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, help="jobline: processing jobs tracked in a database.")
+db_app = typer.Typer(no_args_is_help=True, help="The job store's schema.")
+app.add_typer(db_app, name="db")
+console = Console()
+errors = Console(stderr=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the job store's schema (idempotent)."""
+    settings = get_settings()
+    revision = upgrade(settings)
+    console.print(f"job store at revision [bold]{revision}[/] ({_describe_store()})")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the store's schema revision and the newest one this jobline knows."""
+    settings = get_settings()
+    current = current_revision(make_engine(settings), settings)
+    console.print(f"store: {_describe_store()}")
+    console.print(f"revision: {current or '(empty)'}; newest: {head_revision()}")
+
+
+def _describe_store() -> str:
+    settings = get_settings()
+    engine = make_engine(settings)
+    where = engine.url.render_as_string(hide_password=True)
+    schema = f", schema {settings.db_schema}" if engine.dialect.name == "postgresql" else ""
+    return f"{where}{schema}"
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except JoblineError as error:
+        errors.print(f"[red]error:[/] {error}")
+        raise SystemExit(2) from None

@@ -44,7 +44,7 @@ def pg_database_url() -> Iterator[str]:
     try:
         with admin.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - any failure to connect means "no server"
+    except Exception as error:
         missing_service(f"PostgreSQL at {PG_SERVER_URL} is not reachable: {error}")
     name = f"jobline_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:

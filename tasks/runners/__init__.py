@@ -1,0 +1,1 @@
+"""Runners: how the scientific processing of one job is executed (a subprocess, a container)."""
