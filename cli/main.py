@@ -8,14 +8,24 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from cli import api_cmd, pipeline_cmds
+from cli.jobs import jobs_app
 from db.engine import make_engine
 from db.migrate import current_revision, head_revision, upgrade
 from jobline.exceptions import JoblineError
 from jobline.settings import get_settings
 
-app = typer.Typer(no_args_is_help=True, help="jobline: processing jobs tracked in a database.")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="jobline: processing jobs tracked in a database.",
+)
 db_app = typer.Typer(no_args_is_help=True, help="The job store's schema.")
 app.add_typer(db_app, name="db")
+app.command("demo")(pipeline_cmds.demo)
+app.command("run")(pipeline_cmds.run)
+app.add_typer(jobs_app, name="jobs")
+app.command("api")(api_cmd.serve_api)
 console = Console()
 errors = Console(stderr=True)
 

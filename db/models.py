@@ -177,3 +177,33 @@ class Meta(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Publication(Base):
+    """The publication outbox: one message per output product, written in the same transaction
+    that moves the job to ``start_publication`` and delivered afterwards (at least once)."""
+
+    __tablename__ = "publications"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigId, ForeignKey("jobs.id", ondelete="CASCADE"))
+    product_id: Mapped[str] = mapped_column(String(300))
+    # Deterministic (job key, product id): a re-sent message carries the same id, so consumers
+    # dedupe on it.
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # A sender's claim: until then no other sender takes the row (see db.outbox.pending).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'sent')", name="status_known"),
+        CheckConstraint("(status = 'sent') = (sent_at IS NOT NULL)", name="sent_iff_sent_at"),
+        CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        Index("ix_publications_status_id", "status", "id"),
+        Index("ix_publications_job_id", "job_id"),
+    )

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
-from db.models import Job, JobMetadata, JobStatusChange, Meta
+from db.models import Job, JobMetadata, JobStatusChange, Meta, UtcDateTime
 from db.records import BatchResult, InsertResult, JobFilter, NewJob, Page, RunIds
 from db.statuses import INITIAL, LEASED, TERMINAL, Status, is_legal
 from jobline.exceptions import (
@@ -98,7 +98,7 @@ class JobStore:
 
     # ----------------------------------------------------------------------------- insert
 
-    def insert_jobs(self, jobs: Iterable[NewJob]) -> InsertResult:
+    def insert_jobs(self, jobs: Iterable[NewJob], *, run: RunIds | None = None) -> InsertResult:
         """Insert jobs in bulk, idempotently by content key, with their first history rows.
 
         Set-based: multi-row ``INSERT … ON CONFLICT (job_key) DO NOTHING RETURNING``. A product
@@ -115,7 +115,7 @@ class JobStore:
             if key in rows:
                 skipped.append(job.product_id)
                 continue
-            rows[key] = self._insert_row(job, key, now)
+            rows[key] = self._insert_row(job, key, now, run or RunIds())
             products[key] = job.product_id
         inserted: dict[bytes, int] = {}
         chunk = list(rows.values())
@@ -136,7 +136,7 @@ class JobStore:
         return module.insert(Job.__table__)
 
     @staticmethod
-    def _insert_row(job: NewJob, key: bytes, now: datetime) -> dict[str, Any]:
+    def _insert_row(job: NewJob, key: bytes, now: datetime, run: RunIds) -> dict[str, Any]:
         return {
             "job_key": key,
             "job_type": job.job_type,
@@ -153,6 +153,8 @@ class JobStore:
             "status_seq": 1,
             "status_changed_at": now,
             "status_message": job.message,
+            "flow_run_id": run.flow_run_id,
+            "task_run_id": run.task_run_id,
             "attempts": 0,
             "max_attempts": job.max_attempts,
             "created_at": now,
@@ -299,6 +301,29 @@ class JobStore:
             return LeaseLost(job_id, lease_token)
         return StaleTransition(job_id, tuple(s.value for s in expected), status, target.value)
 
+    def update_job_fields(
+        self, job_id: int, fields: Mapping[str, Any], *, lease_token: str | None = None
+    ) -> Job:
+        """Change fields of a job that are not its status (see ``TRANSITION_FIELDS``)."""
+        unknown = set(fields) - TRANSITION_FIELDS
+        if unknown:
+            raise ValueError(
+                f"fields: cannot set {sorted(unknown)}; allowed are {sorted(TRANSITION_FIELDS)}"
+            )
+        conditions = [Job.id == job_id]
+        if lease_token is not None:
+            conditions.append(Job.lease_token == lease_token)
+        with self.session() as session:
+            job = session.scalars(
+                update(Job).where(*conditions).values(**fields).returning(Job),
+                execution_options={"synchronize_session": False},
+            ).one_or_none()
+            if job is None:
+                if session.get(Job, job_id) is None:
+                    raise JobNotFound(job_id)
+                raise LeaseLost(job_id, lease_token or "")
+            return job
+
     # ------------------------------------------------------------------- claims and leases
 
     def claim(
@@ -309,6 +334,7 @@ class JobStore:
         *,
         lease_seconds: float = 30.0,
         job_type: str | None = None,
+        job_ids: Sequence[int] | None = None,
         run: RunIds | None = None,
     ) -> list[Job]:
         """Atomically move up to ``limit`` ready jobs of ``queue`` to ``queued`` for ``worker``.
@@ -334,6 +360,8 @@ class JobStore:
         )
         if job_type is not None:
             candidates = candidates.where(Job.job_type == job_type)
+        if job_ids is not None:
+            candidates = candidates.where(Job.id.in_(list(job_ids)))
         # A CTE, not a subquery in WHERE: SQLAlchemy would correlate a subquery on ``jobs`` with the
         # UPDATE's own ``jobs`` and the LIMIT would apply per row.
         claimable = candidates.cte("claimable")
@@ -355,6 +383,17 @@ class JobStore:
                 execution_options={"synchronize_session": False},
             ).all()
         return sorted(jobs, key=lambda job: (-job.priority, job.id))
+
+    def earliest_retry(self, queue: str, job_type: str | None = None) -> datetime | None:
+        """When the next ready job of ``queue`` that waits for a retry becomes claimable."""
+        statement = select(func.min(Job.retry_at)).where(
+            Job.queue == queue, Job.status == Status.READY.value, Job.retry_at > self.clock()
+        )
+        if job_type is not None:
+            statement = statement.where(Job.job_type == job_type)
+        with self.session() as session:
+            value = session.execute(statement).scalar()
+        return UtcDateTime().process_result_value(value, self.engine.dialect)
 
     def heartbeat(self, job_id: int, lease_token: str, lease_seconds: float = 30.0) -> datetime:
         """Extend the lease of a job the worker still owns; :class:`LeaseLost` otherwise."""
@@ -401,6 +440,37 @@ class JobStore:
             if session.get(Job, job_id) is None:
                 raise JobNotFound(job_id)
             session.execute(statement)
+
+    def set_metadata_many(self, items: Sequence[tuple[int, str, BaseModel]]) -> None:
+        """Store many (job id, key, value) documents in one transaction (one statement per
+        chunk), replacing what was there."""
+        if not items:
+            return
+        now = self.clock()
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        rows = [
+            {
+                "job_id": job_id,
+                "key": key,
+                "model": model_name(type(value)),
+                "value": value.model_dump(mode="json"),
+                "created_at": now,
+                "updated_at": now,
+            }
+            for job_id, key, value in items
+        ]
+        statement = module.insert(JobMetadata.__table__)
+        statement = statement.on_conflict_do_update(
+            index_elements=["job_id", "key"],
+            set_={
+                "model": statement.excluded.model,
+                "value": statement.excluded.value,
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
+        with self.session() as session:
+            for start in range(0, len(rows), INSERT_CHUNK):
+                session.execute(statement, rows[start : start + INSERT_CHUNK])
 
     def get_metadata(self, job_id: int, key: str, model: type[M]) -> M:
         """The metadata under ``key`` as a ``model`` instance.
@@ -523,6 +593,148 @@ class JobStore:
             if not changes and session.get(Job, job_id) is None:
                 raise JobNotFound(job_id)
         return changes
+
+    # ------------------------------------------- operators and API clients (REST API, CLI)
+
+    def retry(self, job_id: int, *, message: str = "retried by an operator") -> Job:
+        """Send a failed job back to ``ready`` through ``error_checked``, in one transaction.
+
+        Only a job in ``internal_error``, ``external_error`` or ``error_checked`` is retried;
+        any other status raises :class:`IllegalTransition` naming it. A pending backoff is dropped.
+        """
+        retryable = (Status.INTERNAL_ERROR, Status.EXTERNAL_ERROR, Status.ERROR_CHECKED)
+        with self.session() as session:
+            status = session.execute(
+                select(Job.status).where(Job.id == job_id).with_for_update()
+            ).scalar_one_or_none()
+            if status is None:
+                raise JobNotFound(job_id)
+            current = Status(status)
+            if current not in retryable:
+                names = ", ".join(s.value for s in retryable)
+                raise IllegalTransition(
+                    job_id,
+                    current.value,
+                    Status.READY.value,
+                    f"job {job_id} is {current.value}: only a failed job ({names}) can be retried",
+                )
+            path = [Status.READY]
+            if current is not Status.ERROR_CHECKED:
+                path.insert(0, Status.ERROR_CHECKED)
+            for target in path:
+                assignments = self._assignments(
+                    target, message, None, None, None, False, {"retry_at": None}
+                )
+                session.execute(
+                    update(Job.__table__)
+                    .where(Job.__table__.c.id == job_id)
+                    .values(**assignments)
+                )
+            return session.scalars(select(Job).where(Job.id == job_id)).one()
+
+    def cancel(self, job_id: int, *, message: str = "cancelled by an operator") -> Job:
+        """Cancel a job from its current status if the state machine allows it (idempotent)."""
+        job = self.get_job(job_id, touch=False)
+        if job.status == Status.CANCELLED.value:
+            return job
+        return self.transition(job_id, Status.CANCELLED, expected_from=job.status, message=message)
+
+    def set_metadata_document(
+        self, job_id: int, key: str, document: Mapping[str, Any], model: str
+    ) -> JobMetadata:
+        """Store a plain JSON ``document`` under ``key``, recorded as written by ``model``.
+
+        Replaces a document the same model wrote; refuses with :class:`MetadataModelMismatch`
+        to replace one another model wrote (a task reading its own metadata back must never get
+        a foreign shape: delete it first).
+        """
+        now = self.clock()
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        statement = module.insert(JobMetadata).values(
+            job_id=job_id,
+            key=key,
+            model=model,
+            value=dict(document),
+            created_at=now,
+            updated_at=now,
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["job_id", "key"],
+            set_={"value": statement.excluded.value, "updated_at": now},
+            where=JobMetadata.__table__.c.model == statement.excluded.model,
+        ).returning(JobMetadata)
+        with self.session() as session:
+            if session.get(Job, job_id) is None:
+                raise JobNotFound(job_id)
+            row = session.scalars(
+                statement, execution_options={"populate_existing": True}
+            ).one_or_none()
+            if row is None:
+                stored_as = session.execute(
+                    select(JobMetadata.model).where(
+                        JobMetadata.job_id == job_id, JobMetadata.key == key
+                    )
+                ).scalar_one()
+                raise MetadataModelMismatch(
+                    job_id, key, model, stored_as, "delete the document first to replace it"
+                )
+            return row
+
+    def get_metadata_document(self, job_id: int, key: str) -> JobMetadata:
+        """The stored metadata row (plain JSON and the model that wrote it), whatever its model."""
+        with self.session() as session:
+            row = session.get(JobMetadata, (job_id, key))
+            if row is None:
+                if session.get(Job, job_id) is None:
+                    raise JobNotFound(job_id)
+                raise MetadataNotFound(job_id, key)
+        return row
+
+    def metadata_documents(self, job_id: int) -> list[JobMetadata]:
+        """Every stored metadata row of the job, oldest first; :class:`JobNotFound` if none."""
+        with self.session() as session:
+            if session.get(Job, job_id) is None:
+                raise JobNotFound(job_id)
+            return list(
+                session.scalars(
+                    select(JobMetadata)
+                    .where(JobMetadata.job_id == job_id)
+                    .order_by(JobMetadata.created_at, JobMetadata.key)
+                )
+            )
+
+    def status_changes(
+        self,
+        *,
+        after: int,
+        until: int | None = None,
+        job_id: int | None = None,
+        job_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[JobStatusChange, str]]:
+        """History rows of all jobs with ``after < id <= until``, in id order, each with its
+        job's type (the live event stream's query; see :mod:`db.notify`)."""
+        statement = (
+            select(JobStatusChange, Job.job_type)
+            .join(Job, Job.id == JobStatusChange.job_id)
+            .where(JobStatusChange.id > after)
+            .order_by(JobStatusChange.id)
+        )
+        if until is not None:
+            statement = statement.where(JobStatusChange.id <= until)
+        if job_id is not None:
+            statement = statement.where(JobStatusChange.job_id == job_id)
+        if job_type is not None:
+            statement = statement.where(Job.job_type == job_type)
+        if limit is not None:
+            statement = statement.limit(limit)
+        with self.session() as session:
+            return [(change, kind) for change, kind in session.execute(statement)]
+
+    def last_change_id(self) -> int:
+        """The newest history id (0 before the first change): where a live stream starts."""
+        with self.session() as session:
+            return session.execute(select(func.max(JobStatusChange.id))).scalar() or 0
 
     # --------------------------------------------------------------------- bookkeeping
 

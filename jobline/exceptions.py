@@ -118,3 +118,20 @@ class StorageError(ProcessingError):
 
 class PublicationError(JoblineError):
     """A publication message could not be delivered to its sink."""
+
+
+class SinkUnavailable(PublicationError):
+    """The sink cannot be reached at all (broker down, file not writable): later messages of the
+    same batch would fail the same way, so the sender stops and leaves them pending."""
+
+
+class JobWaitTimeout(JoblineError, TimeoutError):
+    """A job did not reach a terminal status in the time a caller was willing to wait."""
+
+    def __init__(self, job_id: int, status: str, timeout: float) -> None:
+        super().__init__(
+            f"job {job_id} is still {status} after waiting {timeout:g} s for a terminal status"
+        )
+        self.job_id = job_id
+        self.status = status
+        self.timeout = timeout

@@ -52,18 +52,39 @@ class Settings(BaseSettings):
         description="Where publication messages go: amqp://… or file://…/publications.jsonl. "
         "Empty means data_dir/publications.jsonl.",
     )
+    amqp_exchange: str = Field(
+        "jobline.publications",
+        description="AMQP exchange publication messages go to (declared durable, type topic).",
+    )
+    amqp_routing_key: str = Field(
+        "product.published", description="Routing key of every AMQP publication message."
+    )
     s3_endpoint_url: str | None = Field(
         None, description="S3 endpoint for s3:// storage (e.g. a local S3-compatible server)."
     )
     api_token: SecretStr | None = Field(
         None, description="Bearer token the REST API requires on every endpoint but /health."
     )
+    api_max_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest request body the REST API accepts (413 above)."
+    )
     lease_seconds: float = Field(30.0, gt=0, description="How long a worker's lease lasts.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a lease is extended.")
     retry_base_seconds: float = Field(
-        0.0, ge=0, description="First backoff of a transient failure; doubles per attempt."
+        2.0, ge=0, description="First backoff of a transient failure; doubles per attempt."
     )
     retry_max_seconds: float = Field(600.0, ge=0, description="Longest backoff.")
+    worker_flavors: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Overrides of the worker flavors' container limits, by flavor name: "
+        '{"small": {"cpus": 1, "memory_mib": 2048}}. Empty keeps the defaults '
+        "(tasks/runners/flavors.py).",
+    )
+    image_pull_policy: Literal["if-not-present", "always", "never"] = Field(
+        "if-not-present",
+        description="When the docker runner pulls a job's image: only when it is not on the "
+        "engine, before every run, or never (images are built or loaded beforehand).",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -6,14 +6,16 @@ with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from db.migrate import upgrade
 from db.store import JobStore
@@ -44,7 +46,7 @@ def pg_database_url() -> Iterator[str]:
     try:
         with admin.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except Exception as error:
+    except OperationalError as error:
         missing_service(f"PostgreSQL at {PG_SERVER_URL} is not reachable: {error}")
     name = f"jobline_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
@@ -98,3 +100,42 @@ def pg_store(pg_settings: Settings) -> Iterator[JobStore]:
     job_store = JobStore.from_settings(pg_settings)
     yield job_store
     job_store.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(
+    pg_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One Prefect server for the whole test session; flows in tests report to it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.prefect_server import start_prefect_server
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    admin_url = Settings(database_url=PG_SERVER_URL).resolved_database_url
+    for api_url in start_prefect_server(admin_url, home):
+        os.environ["PREFECT_API_URL"] = api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture
+def jobline_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Settings], Settings]]:
+    """Make ``get_settings()`` (used by Prefect tasks) return the given settings' values."""
+    from jobline.settings import get_settings
+    from tasks.lifecycle import _store
+
+    def apply(settings: Settings) -> Settings:
+        for name, value in settings.model_dump(exclude_none=True).items():
+            if name == "api_token":
+                value = value.get_secret_value()
+            if isinstance(value, dict):
+                value = json.dumps(value)
+            monkeypatch.setenv(f"JOBLINE_{name.upper()}", str(value))
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield apply
+    get_settings.cache_clear()
+    _store.cache_clear()

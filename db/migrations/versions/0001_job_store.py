@@ -65,13 +65,16 @@ def upgrade() -> None:
         sa.Column("lease_token", sa.String(64)),
         sa.Column("lease_expires_at", UtcDateTime),
         sa.UniqueConstraint("job_key", name="uq_jobs_job_key"),
-        sa.CheckConstraint(f"status IN ({sql_list(list(Status))})", name="ck_jobs_status_known"),
+        # op.f(): these names are final; the models' naming convention would prefix them again.
+        sa.CheckConstraint(
+            f"status IN ({sql_list(list(Status))})", name=op.f("ck_jobs_status_known")
+        ),
         sa.CheckConstraint(
             f"(status IN ({sql_list(TERMINAL)})) = (finished_at IS NOT NULL)",
-            name="ck_jobs_finished_iff_terminal",
+            name=op.f("ck_jobs_finished_iff_terminal"),
         ),
-        sa.CheckConstraint("attempts >= 0", name="ck_jobs_attempts_not_negative"),
-        sa.CheckConstraint("max_attempts >= 1", name="ck_jobs_max_attempts_positive"),
+        sa.CheckConstraint("attempts >= 0", name=op.f("ck_jobs_attempts_not_negative")),
+        sa.CheckConstraint("max_attempts >= 1", name=op.f("ck_jobs_max_attempts_positive")),
     )
     op.create_index("ix_jobs_type_status", "jobs", ["job_type", "status"])
     op.create_index("ix_jobs_claim", "jobs", ["queue", "status", "priority", "id"])

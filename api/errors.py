@@ -1,0 +1,171 @@
+"""Every error answers ``{"detail": ..., "errors": [{"field": ..., "reason": ...}]}``.
+
+jobline's exceptions map to statuses here, once: JobNotFound and MetadataNotFound 404, refused
+transitions 409, a metadata document of another model 409, a bad job type 422, an unreachable
+database 503. Request validation answers 422 (400 for malformed JSON) with one entry per field.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.schemas import ErrorBody, FieldError
+from jobline.exceptions import (
+    JobNotFound,
+    JobTypeError,
+    MetadataModelMismatch,
+    MetadataNotFound,
+    TransitionError,
+)
+
+log = logging.getLogger(__name__)
+
+#: jobline exception -> (HTTP status, the field it is about).
+EXCEPTION_STATUS: list[tuple[type[Exception], int, str]] = [
+    (JobNotFound, 404, "job_id"),
+    (MetadataNotFound, 404, "key"),
+    (MetadataModelMismatch, 409, "key"),
+    (TransitionError, 409, "status"),
+    (JobTypeError, 422, "job_type"),
+]
+#: "field: reason" at the start of a message names the field.
+_FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*): (?P<reason>.+)$", re.DOTALL)
+#: The error answers every route may give, for the OpenAPI document.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed request (e.g. JSON)."},
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    413: {"model": ErrorBody, "description": "Request body too large."},
+    422: {"model": ErrorBody, "description": "Invalid request: each field and why."},
+    503: {"model": ErrorBody, "description": "The database is unreachable."},
+}
+
+
+def error_response(
+    status: int,
+    detail: str,
+    errors: Iterable[FieldError] = (),
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorBody(detail=detail, errors=list(errors))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def field_error(default_field: str, message: str) -> FieldError:
+    """A FieldError from a message; a leading ``field:`` overrides ``default_field``."""
+    match = _FIELD_PREFIX.match(message)
+    if match:
+        return FieldError(field=match["field"], reason=match["reason"])
+    return FieldError(field=default_field, reason=message)
+
+
+async def _jobline_error(request: Request, error: Exception) -> JSONResponse:
+    for kind, status, field in EXCEPTION_STATUS:
+        if isinstance(error, kind):
+            return error_response(status, str(error), [field_error(field, str(error))])
+    raise error  # pragma: no cover - only registered for the kinds above
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = [_describe(item) for item in error.errors()]
+    malformed = any(item.get("type") == "json_invalid" for item in error.errors())
+    summary = "; ".join(f"{p.field}: {p.reason}" for p in problems)
+    if malformed:
+        return error_response(400, f"malformed JSON body: {summary}", problems)
+    return error_response(422, f"invalid request: {summary}", problems)
+
+
+def _describe(item: dict[str, Any]) -> FieldError:
+    location = [str(part) for part in item.get("loc", ())]
+    where = location[0] if location else "body"
+    names = location[1:]
+    message = str(item.get("msg", "invalid"))
+    if item.get("type") == "json_invalid":
+        reason = item.get("ctx", {}).get("error", "not valid JSON")
+        return FieldError(field="body", reason=f"{reason} at position {names[0] if names else 0}")
+    if item.get("type") == "extra_forbidden":
+        return FieldError(field=".".join(names), reason="unknown field: not accepted here")
+    if item.get("type") == "missing":
+        return FieldError(field=".".join(names) or where, reason="required")
+    message = message.removeprefix("Value error, ")
+    # Model-level validators name their field in the message ("product_id: ...").
+    return field_error(".".join(names) or where, message)
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    detail = str(error.detail)
+    return error_response(
+        error.status_code,
+        detail,
+        [field_error("request", detail)],
+        headers=getattr(error, "headers", None),
+    )
+
+
+async def _database_unreachable(request: Request, error: OperationalError) -> JSONResponse:
+    log.warning("database unreachable: %s", error)
+    return error_response(503, "the job store's database is unreachable; try again later")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for kind, _, _ in EXCEPTION_STATUS:
+        app.add_exception_handler(kind, _jobline_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, _database_unreachable)  # type: ignore[arg-type]
+
+
+class BodySizeLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, by Content-Length when the client
+    sends one, and by counting otherwise (chunked bodies), before a route sees them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                response = error_response(
+                    400,
+                    "content-length: not a number",
+                    [FieldError(field="content-length", reason="not a number")],
+                )
+                await response(scope, receive, send)
+                return
+            if int(declared) > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self._reason())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _reason(self) -> str:
+        return f"body: larger than the limit of {self.max_bytes} bytes"
+
+    def _too_large(self) -> JSONResponse:
+        return error_response(
+            413, self._reason(), [FieldError(field="body", reason=self._reason())]
+        )

@@ -1,0 +1,1 @@
+"""One router per resource: ``jobs`` (jobs and their metadata), ``events``, ``health``."""

@@ -1,0 +1,122 @@
+"""The lifecycle steps as Prefect tasks: each a thin wrapper over one function of
+:mod:`tasks.steps`, adding the Prefect run ids to the history and the run logger.
+
+Tasks take the job type's import path and plain, serialisable values, so every task run shows
+its inputs in the Prefect UI. Retries are jobline's own (the job's attempts and its history), so
+the decorators set none; a step never raises for a job's failure.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from db.records import RunIds
+from db.statuses import Status
+from db.store import JobStore
+from jobline.settings import Settings, get_settings
+from jobtypes.base import JobType, load_job_type
+from tasks import steps
+from tasks.results import ClaimedJob, ConfigureSummary, Discovery, InsertSummary, StepOutcome
+from tasks.runners.select import runner_for
+
+
+@lru_cache(maxsize=8)
+def _store(database_url: str, schema: str) -> JobStore:
+    """One store (and connection pool) per database per process, shared by the task threads."""
+    return JobStore.from_settings(Settings(database_url=database_url, db_schema=schema))
+
+
+def store_for(settings: Settings) -> JobStore:
+    return _store(settings.resolved_database_url, settings.db_schema)
+
+
+def step_context() -> steps.StepContext:
+    """Settings, store, the current Prefect run ids and the run logger, for a step."""
+    settings = get_settings()
+    task_run = TaskRunContext.get()
+    run = RunIds(
+        flow_run_id=str(task_run.task_run.flow_run_id) if task_run else None,
+        task_run_id=str(task_run.task_run.id) if task_run else None,
+    )
+    logger = get_run_logger()
+    return steps.StepContext(settings=settings, store=store_for(settings), run=run, log=logger.info)
+
+
+def job_type_for(import_path: str) -> JobType:
+    return load_job_type(import_path, get_settings())
+
+
+@task(name="discover-inputs", cache_policy=NO_CACHE)
+def discover_inputs(
+    job_type: str, since: datetime | None = None, until: datetime | None = None
+) -> Discovery:
+    """Find the job type's input products published in the window."""
+    return steps.discover_inputs(step_context(), job_type_for(job_type), since, until)
+
+
+@task(name="insert-jobs", cache_policy=NO_CACHE)
+def insert_jobs(job_type: str, discovery: Discovery) -> InsertSummary:
+    """One job per new product; known products are skipped."""
+    return steps.insert_jobs(step_context(), job_type_for(job_type), discovery)
+
+
+@task(name="configure-batch", cache_policy=NO_CACHE)
+def configure_batch(job_type: str, job_ids: list[int]) -> ConfigureSummary:
+    """Configure new jobs and re-check waiting ones; the ready ones can be claimed."""
+    return steps.configure_jobs(step_context(), job_type_for(job_type), job_ids)
+
+
+@task(name="claim-jobs", cache_policy=NO_CACHE)
+def claim_jobs(job_type: str, limit: int) -> list[ClaimedJob]:
+    """Take ready jobs for this flow run."""
+    return steps.claim_jobs(step_context(), job_type_for(job_type), limit)
+
+
+@task(name="claim-job", task_run_name="claim job {job_id}", cache_policy=NO_CACHE)
+def claim_one(job_id: int) -> tuple[str, ClaimedJob] | None:
+    """Claim one given job (configuring it first if new): its job type and lease."""
+    return steps.claim_one(step_context(), job_id)
+
+
+@task(name="pre-process", task_run_name="pre-process job {claimed.job_id}", cache_policy=NO_CACHE)
+def pre_process(job_type: str, claimed: ClaimedJob) -> StepOutcome:
+    """Stage the job's inputs into its work dir."""
+    return steps.pre_process(step_context(), job_type_for(job_type), claimed)
+
+
+@task(
+    name="run-container", task_run_name="run-container job {outcome.job_id}", cache_policy=NO_CACHE
+)
+def run_container(job_type: str, outcome: StepOutcome, runner: str | None = None) -> StepOutcome:
+    """Run the scientific processing of the job."""
+    ctx = step_context()
+    kind = job_type_for(job_type)
+    return steps.run_container(ctx, kind, outcome, runner_for(kind, ctx.settings, runner))
+
+
+@task(name="post-process", task_run_name="post-process job {outcome.job_id}", cache_policy=NO_CACHE)
+def post_process(job_type: str, outcome: StepOutcome) -> StepOutcome:
+    """Read the result, upload the outputs, record them."""
+    return steps.post_process(step_context(), job_type_for(job_type), outcome)
+
+
+@task(name="publish", task_run_name="publish job {outcome.job_id}", cache_policy=NO_CACHE)
+def publish(job_type: str, outcome: StepOutcome) -> StepOutcome:
+    """Announce each output product, then finish the job."""
+    return steps.publish(step_context(), job_type_for(job_type), outcome)
+
+
+@task(name="summarize", cache_policy=NO_CACHE)
+def summarize(job_type: str) -> dict[str, int]:
+    """Jobs of the job type by status."""
+    counts = store_for(get_settings()).count_by_type_status()
+    return {
+        status.value: counts.get((job_type, status.value), 0)
+        for status in Status
+        if counts.get((job_type, status.value), 0)
+    }

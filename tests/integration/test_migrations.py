@@ -1,0 +1,146 @@
+"""``alembic upgrade head`` builds exactly the schema db.models declares, and can be undone."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from db.engine import make_engine
+from db.guard import ILLEGAL_TRANSITION_MARKER
+from db.migrate import current_revision, downgrade, head_revision, upgrade
+from db.models import Base
+from db.records import NewJob
+from db.store import JobStore
+from jobline.settings import Settings
+from tests.conftest import PG_SERVER_URL, missing_service
+
+
+@pytest.fixture
+def empty_pg_settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings on a brand-new, empty PostgreSQL database, dropped after the test."""
+    admin = create_engine(Settings(database_url=PG_SERVER_URL).resolved_database_url)
+    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
+    name = f"jobline_migrations_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as error:
+        missing_service(f"PostgreSQL at {PG_SERVER_URL} is not reachable: {error}")
+    url = make_url(admin.url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield Settings(database_url=url, data_dir=tmp_path / "data")
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """An empty store on each backend."""
+    if request.param == "sqlite":
+        return Settings(data_dir=tmp_path / "data")
+    return request.getfixturevalue("empty_pg_settings")
+
+
+def schema_differences(connection: Connection) -> list[Any]:
+    """What alembic autogenerate would change to make the database match the models."""
+    if connection.dialect.name == "postgresql":
+        # The models name no schema: compare against jobline's, as the engine's search path does.
+        connection.execute(text("SET search_path TO jobline"))
+    return compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+
+def check_constraints(engine: Engine, schema: str | None) -> dict[str, set[tuple[str, str]]]:
+    """Each table's CHECK constraints as (name, SQL text), as the database reports them."""
+    inspector = inspect(engine)
+    return {
+        table: {
+            (c["name"], " ".join(c["sqltext"].split()))
+            for c in inspector.get_check_constraints(table, schema=schema)
+        }
+        for table in Base.metadata.tables
+    }
+
+
+def test_sqlite_schema_equals_the_models(sqlite_settings: Settings) -> None:
+    engine = make_engine(sqlite_settings)
+    try:
+        with engine.connect() as connection:
+            assert schema_differences(connection) == []
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_schema_equals_the_models(pg_database_url: str) -> None:
+    engine = make_engine(Settings(database_url=pg_database_url))
+    try:
+        with engine.connect() as connection:
+            assert schema_differences(connection) == []
+    finally:
+        engine.dispose()
+
+
+def test_check_constraints_equal_the_models(empty_settings: Settings, tmp_path: Path) -> None:
+    """Autogenerate ignores CHECK constraints: compare names and conditions with the models'."""
+    upgrade(empty_settings)
+    migrated = make_engine(empty_settings)
+    if migrated.dialect.name == "postgresql":
+        declared = create_engine(
+            migrated.url, connect_args={"options": "-c search_path=models_only"}
+        )
+        with migrated.begin() as connection:
+            connection.execute(text("CREATE SCHEMA models_only"))
+        schemas = ("jobline", "models_only")
+    else:
+        declared = create_engine(f"sqlite:///{tmp_path / 'models.db'}")
+        schemas = (None, None)
+    try:
+        Base.metadata.create_all(declared)
+        expected = check_constraints(declared, schemas[1])
+        assert expected["jobs"], "the models declare CHECK constraints on jobs"
+        assert check_constraints(migrated, schemas[0]) == expected
+    finally:
+        declared.dispose()
+        migrated.dispose()
+
+
+def test_downgrade_to_base_then_upgrade_again(empty_settings: Settings) -> None:
+    engine = make_engine(empty_settings)
+    schema = "jobline" if engine.dialect.name == "postgresql" else None
+    try:
+        assert upgrade(empty_settings) == head_revision()
+        downgrade(empty_settings, "base")
+        assert current_revision(engine, empty_settings) is None
+        assert set(inspect(engine).get_table_names(schema=schema)) <= {"alembic_version"}
+        if schema is not None:
+            with engine.connect() as connection:
+                functions = connection.execute(
+                    text("SELECT proname FROM pg_proc WHERE pronamespace = 'jobline'::regnamespace")
+                )
+                assert functions.scalars().all() == []
+
+        assert upgrade(empty_settings) == head_revision()
+        with engine.connect() as connection:
+            assert schema_differences(connection) == []
+        assert_guard_works(JobStore(engine))
+    finally:
+        engine.dispose()
+
+
+def assert_guard_works(store: JobStore) -> None:
+    """The re-created triggers refuse an illegal change and record history."""
+    [job_id] = store.insert_jobs([NewJob("migrations", "p")]).inserted_ids
+    with pytest.raises(DBAPIError, match=ILLEGAL_TRANSITION_MARKER), store.engine.begin() as c:
+        c.execute(text("UPDATE jobs SET status = 'ready' WHERE id = :id"), {"id": job_id})
+    store.transition(job_id, "configured", expected_from="initialized")
+    assert [change.to_status for change in store.history(job_id)] == ["initialized", "configured"]

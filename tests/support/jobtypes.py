@@ -1,0 +1,66 @@
+"""Job types for lifecycle tests, written as a module OUTSIDE the repository (in a temp dir), as a
+partner's would be, and loaded by import path."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+MODULE_NAME = "partner_jobtypes"
+
+#: The processing of the test job types, by product name prefix:
+#: ok-* exits 0 with an output; flaky-* exits 2 on its first attempt, then 0; retry-* always
+#: exits 2; broken-* exits 1; empty-* exits 0 without output.
+SCRIPT = r"""
+set -eu
+product=$(ls input)
+echo "processing $product (attempt marker dir $STATE_DIR)"
+case "$product" in
+  flaky-*)
+    if [ ! -e "$STATE_DIR/$product" ]; then
+      touch "$STATE_DIR/$product"
+      echo "transient trouble, asking for a retry"
+      exit 2
+    fi ;;
+  retry-*) echo "still transient"; exit 2 ;;
+  broken-*) echo "cannot read the input"; exit 1 ;;
+  empty-*) echo "nothing to produce"; exit 0 ;;
+esac
+cat input/"$product"/data.txt > output/result.txt
+echo done
+"""
+
+
+def write_partner_module(directory: Path, input_dir: Path, output_dir: Path, state: Path) -> str:
+    """Write the module into ``directory``, put it on sys.path, return the job type path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True)
+    source = f'''
+        """A partner's job type, outside the jobline repository."""
+        from jobtypes.base import JobType
+
+        class Echo(JobType):
+            name = "echo"
+            queue = "echo"
+            local_command = ["sh", "-c", {SCRIPT!r}]
+            command = local_command
+            environment = {{"STATE_DIR": {str(state)!r}}}
+            runner = "local"
+            max_attempts = 3
+            timeout = 60
+            input_storage = "file://{input_dir}"
+            output_storage = "file://{output_dir}"
+        '''
+    (directory / f"{MODULE_NAME}.py").write_text(textwrap.dedent(source))
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    sys.modules.pop(MODULE_NAME, None)
+    return f"{MODULE_NAME}:Echo"
+
+
+def write_products(input_dir: Path, names: list[str]) -> None:
+    for name in names:
+        folder = input_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "data.txt").write_text(f"data of {name}\n")
