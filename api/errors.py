@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorBody, FieldError
@@ -39,14 +40,14 @@ EXCEPTION_STATUS: list[tuple[type[Exception], int, str]] = [
     (JobTypeError, 422, "job_type"),
 ]
 #: "field: reason" at the start of a message names the field.
-_FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*): (?P<reason>.+)$", re.DOTALL)
+_FIELD_PREFIX = re.compile(r"^(?P<field>[a-z_][a-z0-9_.-]*): (?P<reason>.+)$", re.DOTALL)
 #: The error answers every route may give, for the OpenAPI document.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed request (e.g. JSON)."},
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
     413: {"model": ErrorBody, "description": "Request body too large."},
     422: {"model": ErrorBody, "description": "Invalid request: each field and why."},
-    503: {"model": ErrorBody, "description": "The database is unreachable."},
+    503: {"model": ErrorBody, "description": "The database is unavailable."},
 }
 
 
@@ -103,17 +104,28 @@ def _describe(item: dict[str, Any]) -> FieldError:
 
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     detail = str(error.detail)
+    headers = dict(getattr(error, "headers", None) or {})
+    if error.status_code == 405:
+        # Starlette names only the first route of the path; list every method the path has.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return error_response(
-        error.status_code,
-        detail,
-        [field_error("request", detail)],
-        headers=getattr(error, "headers", None),
+        error.status_code, detail, [field_error("request", detail)], headers=headers or None
     )
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route.methods or ())
+    return sorted(methods)
+
+
 async def _database_unreachable(request: Request, error: OperationalError) -> JSONResponse:
-    log.warning("database unreachable: %s", error)
-    return error_response(503, "the job store's database is unreachable; try again later")
+    log.warning("database unavailable: %s", error)
+    return error_response(
+        503, "the job store's database is unavailable (see the server's log); try again later"
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

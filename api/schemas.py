@@ -12,7 +12,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from db.models import Job, JobMetadata, JobStatusChange
 from db.notify import StatusEvent
@@ -58,6 +58,13 @@ def _plain_json(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def _iso_text(value: Any) -> Any:
+    """Datetimes come as ISO 8601 text, as the schema says (not as epoch numbers)."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
 def _utc(value: datetime) -> datetime:
     """Aware datetimes in UTC; a naive one is taken as UTC."""
     if value.tzinfo is None:
@@ -70,9 +77,12 @@ def _utc(value: datetime) -> datetime:
 
 Text = Annotated[str, AfterValidator(no_nul)]
 OptionalText = Annotated[str | None, AfterValidator(_optional_no_nul)]
-Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX, description="Higher runs first.")]
-MaxAttempts = Annotated[int, Field(ge=1, le=1000)]
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+# Strict: the schema says integer, so "5" and 5.0 are refused rather than coerced.
+Priority = Annotated[
+    int, Field(strict=True, ge=INT32_MIN, le=INT32_MAX, description="Higher runs first.")
+]
+MaxAttempts = Annotated[int, Field(strict=True, ge=1, le=1000)]
+UtcDatetime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_utc)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
 JsonList = Annotated[list[Any], AfterValidator(_plain_json)]
 ImportPath = Annotated[
@@ -99,7 +109,9 @@ class ApiModel(BaseModel):
 
 
 class FieldError(BaseModel):
-    field: str = Field(description="The offending field, query parameter or header ('body' for all).")
+    field: str = Field(
+        description="The offending field, query parameter or header ('body' for all)."
+    )
     reason: str
 
 
@@ -176,7 +188,9 @@ class JobPatch(ApiModel):
 
     def field_values(self) -> dict[str, Any]:
         """The non-status fields the patch names, as store column values."""
-        return {name: getattr(self, name) for name in PATCHABLE_FIELDS if name in self.model_fields_set}
+        return {
+            name: getattr(self, name) for name in PATCHABLE_FIELDS if name in self.model_fields_set
+        }
 
 
 class ActionRequest(ApiModel):

@@ -30,9 +30,7 @@ def serve_api(
         )
         raise typer.Exit(2)
     app = create_app(get_settings(), require_auth=not no_auth)
-    uvicorn.run(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5
-    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
 def is_loopback(host: str) -> bool:

@@ -81,7 +81,9 @@ def list_jobs(
     ] = None,
     job_type: Annotated[str | None, typer.Option(help="Only this job type.")] = None,
     tile: Annotated[str | None, typer.Option(help="Only this tile.")] = None,
-    created_after: Annotated[datetime | None, typer.Option(help="Created at or after (UTC).")] = None,
+    created_after: Annotated[
+        datetime | None, typer.Option(help="Created at or after (UTC).")
+    ] = None,
     created_before: Annotated[datetime | None, typer.Option(help="Created before (UTC).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Jobs per page.")] = 50,
     cursor: Annotated[int | None, typer.Option(min=0, help="Next page after this id.")] = None,

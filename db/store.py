@@ -8,6 +8,7 @@ the same transaction.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -15,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, Select, delete, func, or_, select, update
+from sqlalchemy import Engine, Select, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
-from db.models import Job, JobMetadata, JobStatusChange, Meta, UtcDateTime
+from db.models import Job, JobMetadata, JobStatusChange, Meta, UtcDateTime, sql_list
 from db.records import BatchResult, InsertResult, JobFilter, NewJob, Page, RunIds
 from db.statuses import INITIAL, LEASED, TERMINAL, Status, is_legal
 from jobline.exceptions import (
@@ -40,6 +41,9 @@ Clock = Callable[[], datetime]
 
 #: Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters at 16 columns.
 INSERT_CHUNK = 2_000
+#: Rows per statement where each column goes as ONE array parameter (PostgreSQL): large enough
+#: that the round trips vanish, small enough to keep one statement's memory modest.
+ARRAY_CHUNK = 25_000
 #: Columns a transition may set besides the status and its context.
 TRANSITION_FIELDS = frozenset(
     {
@@ -101,35 +105,71 @@ class JobStore:
     def insert_jobs(self, jobs: Iterable[NewJob], *, run: RunIds | None = None) -> InsertResult:
         """Insert jobs in bulk, idempotently by content key, with their first history rows.
 
-        Set-based: multi-row ``INSERT … ON CONFLICT (job_key) DO NOTHING RETURNING``. A product
-        whose key exists already (or repeats within ``jobs``) is skipped and reported.
+        A product whose key exists already (or repeats within ``jobs``) is skipped and reported.
+        On PostgreSQL the stored keys are looked up first with one array parameter (so
+        re-discovering known products costs an index probe each) and the new rows go in through
+        ``unnest`` of array parameters, ``ARRAY_CHUNK`` rows per statement: statements with tens of
+        thousands of placeholders cost more to build and parse than the database spends on the
+        rows. Elsewhere: multi-row ``INSERT … ON CONFLICT (job_key) DO NOTHING RETURNING``.
         """
         now = self.clock()
-        rows: dict[bytes, dict[str, Any]] = {}
-        products: dict[bytes, str] = {}
+        new: dict[bytes, NewJob] = {}
         skipped: list[str] = []
         for job in jobs:
             if job.status not in INITIAL:
                 raise IllegalTransition(None, None, job.status)
             key = job.key
-            if key in rows:
+            if key in new:
                 skipped.append(job.product_id)
                 continue
-            rows[key] = self._insert_row(job, key, now, run or RunIds())
-            products[key] = job.product_id
-        inserted: dict[bytes, int] = {}
-        chunk = list(rows.values())
+            new[key] = job
         with self.session() as session:
-            statement = (
-                self._insert_statement()
-                .on_conflict_do_nothing(index_elements=["job_key"])
-                .returning(Job.__table__.c.id, Job.__table__.c.job_key)
-            )
-            for start in range(0, len(chunk), INSERT_CHUNK):
-                result = session.execute(statement, chunk[start : start + INSERT_CHUNK])
-                inserted.update((bytes(key), job_id) for job_id, key in result)
-        skipped.extend(products[key] for key in products if key not in inserted)
+            if self.dialect == "postgresql":
+                inserted = self._insert_postgresql(session, new, now, run or RunIds())
+            else:
+                inserted = self._insert_portable(session, new, now, run or RunIds())
+        skipped.extend(job.product_id for key, job in new.items() if key not in inserted)
         return InsertResult(inserted=inserted, skipped=skipped)
+
+    def _insert_portable(
+        self, session: Session, new: Mapping[bytes, NewJob], now: datetime, run: RunIds
+    ) -> dict[bytes, int]:
+        """Multi-row INSERTs, ``INSERT_CHUNK`` rows per statement (SQLite)."""
+        rows = [self._insert_row(job, key, now, run) for key, job in new.items()]
+        statement = (
+            self._insert_statement()
+            .on_conflict_do_nothing(index_elements=["job_key"])
+            .returning(Job.__table__.c.id, Job.__table__.c.job_key)
+        )
+        inserted: dict[bytes, int] = {}
+        for start in range(0, len(rows), INSERT_CHUNK):
+            result = session.execute(statement, rows[start : start + INSERT_CHUNK])
+            inserted.update((bytes(key), job_id) for job_id, key in result)
+        return inserted
+
+    def _insert_postgresql(
+        self, session: Session, new: Mapping[bytes, NewJob], now: datetime, run: RunIds
+    ) -> dict[bytes, int]:
+        """Skip the stored keys, then INSERT … SELECT FROM unnest(arrays), in id order."""
+        keys = list(new)
+        stored: set[bytes] = set()
+        for start in range(0, len(keys), ARRAY_CHUNK):
+            result = session.execute(_PG_STORED_KEYS, {"keys": keys[start : start + ARRAY_CHUNK]})
+            stored.update(bytes(key) for key in result.scalars())
+        fresh = [(key, job) for key, job in new.items() if key not in stored]
+        dates = _utc_dates(self.engine.dialect)
+        constants = {
+            "now": now,
+            "flow_run_id": run.flow_run_id,
+            "task_run_id": run.task_run_id,
+        }
+        inserted: dict[bytes, int] = {}
+        for start in range(0, len(fresh), ARRAY_CHUNK):
+            chunk = fresh[start : start + ARRAY_CHUNK]
+            columns = _insert_arrays(chunk, dates)
+            result = session.execute(_PG_INSERT_ARRAYS, {**columns, **constants})
+            inserted.update((bytes(key), job_id) for job_id, key in result)
+        return inserted
 
     def _insert_statement(self) -> Any:
         module = postgresql if self.dialect == "postgresql" else sqlite
@@ -752,6 +792,67 @@ class JobStore:
         )
         with self.session() as session:
             session.execute(statement)
+
+
+#: The keys of ``:keys`` (a bytea[]) that jobs already have (PostgreSQL).
+_PG_STORED_KEYS = text("SELECT job_key FROM jobs WHERE job_key = ANY(CAST(:keys AS bytea[]))")
+
+#: New jobs from one array per column; the constants of the batch are plain parameters.
+#: Ids follow the order of the arrays; a key inserted meanwhile by someone else is skipped.
+_PG_INSERT_ARRAYS = text(
+    f"""
+INSERT INTO jobs (
+    job_key, job_type, queue, priority, product_id, tile_id, input_path,
+    input_publication_date, config, input_files, status, status_message, max_attempts,
+    output_files, status_seq, status_changed_at, flow_run_id, task_run_id, attempts,
+    created_at, last_accessed_at, finished_at)
+SELECT
+    r.job_key, r.job_type, r.queue, r.priority, r.product_id, r.tile_id, r.input_path,
+    r.input_publication_date, r.config, r.input_files, r.status, r.status_message,
+    r.max_attempts, '[]'::jsonb, 1, :now, :flow_run_id, :task_run_id, 0, :now, :now,
+    CASE WHEN r.status IN ({sql_list(TERMINAL)}) THEN CAST(:now AS timestamptz) END
+FROM unnest(
+    CAST(:job_key AS bytea[]), CAST(:job_type AS text[]), CAST(:queue AS text[]),
+    CAST(:priority AS integer[]), CAST(:product_id AS text[]), CAST(:tile_id AS text[]),
+    CAST(:input_path AS text[]), CAST(:input_publication_date AS timestamptz[]),
+    CAST(:config AS jsonb[]), CAST(:input_files AS jsonb[]), CAST(:status AS text[]),
+    CAST(:status_message AS text[]), CAST(:max_attempts AS integer[])
+) WITH ORDINALITY AS r(
+    job_key, job_type, queue, priority, product_id, tile_id, input_path,
+    input_publication_date, config, input_files, status, status_message, max_attempts, ord)
+ORDER BY r.ord
+ON CONFLICT (job_key) DO NOTHING
+RETURNING id, job_key
+"""
+)
+
+
+def _utc_dates(dialect: Any) -> Callable[[datetime | None], datetime | None]:
+    """The check and conversion :class:`UtcDateTime` applies to a bound datetime."""
+    column_type = UtcDateTime()
+    return lambda value: column_type.process_bind_param(value, dialect)
+
+
+def _insert_arrays(
+    chunk: Sequence[tuple[bytes, NewJob]], dates: Callable[[datetime | None], datetime | None]
+) -> dict[str, list[Any]]:
+    """The per-job columns of ``_PG_INSERT_ARRAYS``, one list each."""
+    jobs = [job for _, job in chunk]
+    return {
+        "job_key": [key for key, _ in chunk],
+        "job_type": [job.job_type for job in jobs],
+        "queue": [job.queue for job in jobs],
+        "priority": [job.priority for job in jobs],
+        "product_id": [job.product_id for job in jobs],
+        "tile_id": [job.tile_id for job in jobs],
+        "input_path": [job.input_path for job in jobs],
+        "input_publication_date": [dates(job.input_publication_date) for job in jobs],
+        "config": [json.dumps(job.config) for job in jobs],
+        "input_files": [json.dumps(job.input_files) for job in jobs],
+        "status": [job.status.value for job in jobs],
+        "status_message": [job.message for job in jobs],
+        "max_attempts": [job.max_attempts for job in jobs],
+    }
 
 
 def _filtered(statement: Select[Any], filters: JobFilter) -> Select[Any]:

@@ -167,9 +167,15 @@ class JobType:
         return {
             **self.environment,
             "JOBLINE_JOB_ID": str(job.id),
+            "JOBLINE_ATTEMPT": str(job.attempts),
             "JOBLINE_PRODUCT_ID": job.product_id,
             "JOBLINE_TILE_ID": job.tile_id or "",
         }
+
+    def image_for(self, job: Job) -> str:
+        """The container image of this job: ``config["image"]`` if the configuration pinned one
+        (e.g. a processor version chosen in ``configure_job``), else the job type's ``image``."""
+        return str(job.config.get("image") or self.image)
 
     def output_product_id(self, job: Job) -> str:
         """Name of the job's output product."""

@@ -115,7 +115,8 @@ class AmqpSink(Sink):
     def where(self) -> str:
         """The broker and exchange, without credentials, for messages."""
         parts = urlsplit(self.url)
-        return f"{parts.hostname}:{parts.port or 5672} exchange {self.exchange!r}"
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        return f"{parts.hostname}:{port} exchange {self.exchange!r}"
 
     def send(self, message_id: str, body: dict[str, Any]) -> None:
         """Publish one message and wait for the broker's confirm."""

@@ -270,8 +270,7 @@ def run_container(
             expected_from=S.PRE_PROCESSING,
             lease_token=token,
             run=ctx.run,
-            message=f"running {job_type.image or job_type.host_command[0]} "
-            f"with the {runner.name} runner",
+            message=f"processing with the {runner.name} runner",
         )
         command = job_type.command if runner.name == "docker" else job_type.host_command
         result = runner.run(
@@ -279,7 +278,7 @@ def run_container(
                 job_id=job.id,
                 job_key=job.job_key.hex(),
                 attempt=job.attempts,
-                image=job_type.image,
+                image=job_type.image_for(job),
                 command=list(command),
                 work_dir=Path(outcome.work_dir or ""),
                 environment=job_type.environment_for(job),
@@ -295,15 +294,14 @@ def run_container(
     outcome = outcome.model_copy(update={"exit_code": result.exit_code})
     if result.succeeded:
         return outcome
-    return fail(ctx, outcome, S.PROCESSING, _container_error(result))
+    return fail(ctx, outcome, S.PROCESSING, _container_error(result, job_type.timeout))
 
 
-def _container_error(result: RunResult) -> ProcessingError:
+def _container_error(result: RunResult, timeout: float) -> ProcessingError:
     tail = " | ".join(result.log_tail[-5:])
     if result.timed_out:
         return ProcessingError(
-            f"container timed out after {result.duration_seconds:g} s and was killed; "
-            f"log tail: {tail}",
+            f"container timed out after {timeout:g} s and was killed; log tail: {tail}",
             subtype="timeout",
         )
     if result.oom_killed:

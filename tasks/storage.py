@@ -102,6 +102,9 @@ def list_products(job_type: JobType, since: datetime, until: datetime) -> list[P
     product (its date is its newest file's), a hit that is a file is a one-object product. Each
     product goes through ``job_type.parse_product``; sorted by publication date, then id.
     """
+    for name, bound in (("since", since), ("until", until)):
+        if bound.tzinfo is None:
+            raise ValueError(f"{name}: {bound} is naive; discovery windows are timezone-aware")
     url = job_type.input_url
     pattern = _glob_parts(job_type.product_glob)
     fs, root = filesystem(url, job_type.settings)
@@ -202,11 +205,14 @@ def stage_inputs(
 
     A path that would land outside ``dest`` is refused before anything is written. A product
     that is one object has a single file named like the object (as :func:`list_products` lists
-    it). Each file is written as ``<name>.part`` and renamed when complete.
+    it). No ``files`` (a job submitted with just a path) stages everything under the product,
+    found with one listing. Each file is written as ``<name>.part`` and renamed when complete.
     """
     dest = Path(dest)
-    targets = [_safe_target(file.path, dest, product_url) for file in files]
     fs, root = filesystem(product_url, settings)
+    if not files:
+        files = _product_files(fs, root, product_url)
+    targets = [_safe_target(file.path, dest, product_url) for file in files]
     sources = _sources(fs, root, product_url, files)
     dest.mkdir(parents=True, exist_ok=True)
 
@@ -225,6 +231,19 @@ def stage_inputs(
         return StagedFile(path=file.path, size=size, sha256=_sha256(target))
 
     return _run_all(stage, range(len(files)), concurrency)
+
+
+def _product_files(fs: fsspec.AbstractFileSystem, root: str, product_url: str) -> list[InputFile]:
+    """Every file of a product, from one listing (a one-object product lists itself)."""
+    entries = _call(lambda: _find(fs, root), f"cannot list {product_url}")
+    files = []
+    for name, info in sorted(entries.items()):
+        if info.get("type") == "directory" or name.endswith("/"):
+            continue
+        relative = PurePosixPath(name).name if name == root else _relative_to(root, name)
+        if relative is not None:
+            files.append(InputFile(path=relative, size=info.get("size")))
+    return files
 
 
 def _safe_target(relative: str, dest: Path, product_url: str) -> Path:

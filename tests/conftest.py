@@ -117,6 +117,10 @@ def prefect_api_url(
         os.environ["PREFECT_API_URL"] = api_url
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield api_url
+            # Send the last run logs while the server still listens.
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)
         os.environ.pop("PREFECT_API_URL", None)
 
 

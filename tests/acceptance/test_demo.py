@@ -63,8 +63,10 @@ def test_demo_on_a_fresh_machine_then_again(tmp_path: Path, prefect_api_url: str
     store = JobStore.from_settings(Settings(data_dir=home / ".local/share/jobline"))
     assert_all_done(store, 8)
     rows = history_rows(store)
-    runs = {j.id: store.get_metadata(j.id, "run-container", METADATA_KEYS["run-container"])
-            for j in store.list_jobs().jobs}
+    runs = {
+        j.id: store.get_metadata(j.id, "run-container", METADATA_KEYS["run-container"])
+        for j in store.list_jobs().jobs
+    }
 
     # Again on the same folder (on the session's Prefect server, to save a server start).
     second = run_demo(fresh_machine_env(home, PREFECT_API_URL=prefect_api_url))

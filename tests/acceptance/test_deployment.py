@@ -21,7 +21,11 @@ REPO = Path(__file__).resolve().parents[2]
 def prefect(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -33,9 +37,7 @@ def test_deploy_all_and_worker_runs_the_pipeline(
 ) -> None:
     data_dir = tmp_path / "worker-data"
     settings = pg_settings.model_copy(update={"data_dir": data_dir, "runner": "local"})
-    write_sample_products(
-        Path(SnowCover(settings).input_url.removeprefix("file://")), count=2
-    )
+    write_sample_products(Path(SnowCover(settings).input_url.removeprefix("file://")), count=2)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("JOBLINE_")},
         "PREFECT_API_URL": prefect_api_url,

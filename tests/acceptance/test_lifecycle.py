@@ -14,8 +14,18 @@ from tasks.results import METADATA_KEYS
 from tests.support.jobtypes import write_partner_module, write_products
 
 HAPPY_PATH = [
-    "initialized", "configured", "ready", "queued", "started", "pre_processing", "processing",
-    "post_processing", "processed", "start_publication", "published", "done",
+    "initialized",
+    "configured",
+    "ready",
+    "queued",
+    "started",
+    "pre_processing",
+    "processing",
+    "post_processing",
+    "processed",
+    "start_publication",
+    "published",
+    "done",
 ]
 
 
@@ -34,9 +44,7 @@ def lifecycle_settings(
 def partner(tmp_path: Path) -> tuple[str, Path]:
     """A job type in a module outside the repository, and its input folder."""
     inputs = tmp_path / "partner-input"
-    path = write_partner_module(
-        tmp_path / "partner-src", inputs, tmp_path / "partner-output", tmp_path / "state"
-    )
+    path = write_partner_module(tmp_path / "partner-src", inputs, tmp_path / "partner-output")
     return path, inputs
 
 
@@ -63,14 +71,25 @@ def test_exit_codes_decide_retry_cancel_or_error(
     jobs = jobs_by_product(store, job_type)
     assert summary.discovered == 6
     assert {p: j.status for p, j in jobs.items()} == {
-        "ok-1": "done", "ok-2": "done", "flaky-1": "done", "empty-1": "done",
-        "retry-1": "cancelled", "broken-1": "internal_error",
+        "ok-1": "done",
+        "ok-2": "done",
+        "flaky-1": "done",
+        "empty-1": "done",
+        "retry-1": "cancelled",
+        "broken-1": "internal_error",
     }
     flaky = jobs["flaky-1"]
     assert flaky.attempts == 2
     assert statuses(store, flaky.id)[:9] == [
-        "initialized", "configured", "ready", "queued", "started", "pre_processing",
-        "processing", "external_error", "error_checked",
+        "initialized",
+        "configured",
+        "ready",
+        "queued",
+        "started",
+        "pre_processing",
+        "processing",
+        "external_error",
+        "error_checked",
     ]
     assert statuses(store, flaky.id)[9:] == HAPPY_PATH[2:]
 

@@ -8,36 +8,38 @@ import textwrap
 from pathlib import Path
 
 MODULE_NAME = "partner_jobtypes"
+ECHO_IMAGE = "jobline-test/echo:1"
+SCRIPT_IN_IMAGE = "/opt/echo/echo.sh"
 
-#: The processing of the test job types, by product name prefix:
-#: ok-* exits 0 with an output; flaky-* exits 2 on its first attempt, then 0; retry-* always
-#: exits 2; broken-* exits 1; empty-* exits 0 without output.
+#: The processing of the test job types, by product name prefix: ok-* exits 0 with an output;
+#: flaky-* exits 2 on its first attempt, then 0; retry-* always exits 2; broken-* exits 1;
+#: empty-* exits 0 without output; sleepy-* sleeps past any test timeout.
 SCRIPT = r"""
 set -eu
 product=$(ls input)
-echo "processing $product (attempt marker dir $STATE_DIR)"
+echo "processing $product, attempt $JOBLINE_ATTEMPT"
 case "$product" in
   flaky-*)
-    if [ ! -e "$STATE_DIR/$product" ]; then
-      touch "$STATE_DIR/$product"
+    if [ "$JOBLINE_ATTEMPT" = 1 ]; then
       echo "transient trouble, asking for a retry"
       exit 2
     fi ;;
   retry-*) echo "still transient"; exit 2 ;;
   broken-*) echo "cannot read the input"; exit 1 ;;
   empty-*) echo "nothing to produce"; exit 0 ;;
+  sleepy-*) echo "sleeping"; sleep 60 ;;
 esac
 cat input/"$product"/data.txt > output/result.txt
 echo done
 """
 
 
-def write_partner_module(directory: Path, input_dir: Path, output_dir: Path, state: Path) -> str:
-    """Write the module into ``directory``, put it on sys.path, return the job type path."""
+def write_partner_module(directory: Path, input_dir: Path, output_dir: Path) -> str:
+    """Write the module into ``directory``, put it on sys.path, return the local job type's
+    import path (``partner_jobtypes:Echo``; ``partner_jobtypes:DockerEcho`` runs in Docker)."""
     directory.mkdir(parents=True, exist_ok=True)
-    state.mkdir(parents=True, exist_ok=True)
     source = f'''
-        """A partner's job type, outside the jobline repository."""
+        """A partner's job types, outside the jobline repository."""
         from jobtypes.base import JobType
 
         class Echo(JobType):
@@ -45,12 +47,27 @@ def write_partner_module(directory: Path, input_dir: Path, output_dir: Path, sta
             queue = "echo"
             local_command = ["sh", "-c", {SCRIPT!r}]
             command = local_command
-            environment = {{"STATE_DIR": {str(state)!r}}}
             runner = "local"
             max_attempts = 3
             timeout = 60
             input_storage = "file://{input_dir}"
             output_storage = "file://{output_dir}"
+
+        class DockerEcho(Echo):
+            name = "docker_echo"
+            queue = "docker_echo"
+            image = {ECHO_IMAGE!r}
+            command = ["/bin/sh", {SCRIPT_IN_IMAGE!r}]
+            runner = "docker"
+            worker_flavor = "extra_small"
+            timeout = 3
+
+            def configure_job(self, job, store):
+                from jobtypes.base import Configuration
+
+                if job.product_id.startswith("noimage-"):
+                    return Configuration(config={{"image": "jobline-test/absent:404"}})
+                return Configuration()
         '''
     (directory / f"{MODULE_NAME}.py").write_text(textwrap.dedent(source))
     if str(directory) not in sys.path:

@@ -187,6 +187,23 @@ def test_staging_a_one_object_product(memory_root: str, settings: Settings, tmp_
     assert (tmp_path / "in" / "P1.zip").read_bytes() == b"zipped"
 
 
+def test_no_files_stages_everything_under_the_product(
+    memory_root: str, settings: Settings, tmp_path: Path
+) -> None:
+    put_memory(f"{memory_root}/in/P/a.txt", b"a", T0)
+    put_memory(f"{memory_root}/in/P/sub/b.txt", b"bb", T0)
+    put_memory(f"{memory_root}/in/single.zip", b"zip", T0)
+
+    folder = storage.stage_inputs(f"memory://{memory_root}/in/P", [], tmp_path / "p", settings)
+    single = storage.stage_inputs(
+        f"memory://{memory_root}/in/single.zip", [], tmp_path / "s", settings
+    )
+
+    assert [(s.path, s.size) for s in folder] == [("a.txt", 1), ("sub/b.txt", 2)]
+    assert [(s.path, s.size) for s in single] == [("single.zip", 3)]
+    assert (tmp_path / "s" / "single.zip").read_bytes() == b"zip"
+
+
 def test_size_mismatch_is_a_transient_error(
     memory_root: str, settings: Settings, tmp_path: Path
 ) -> None:

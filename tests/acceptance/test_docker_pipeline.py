@@ -1,0 +1,109 @@
+"""The pipeline with real containers: the demo, retries, timeouts and a missing image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from db.store import JobStore
+from jobline.settings import Settings
+from jobtypes.demo import SnowCover, write_sample_products
+from tasks.results import METADATA_KEYS
+from tasks.runners.base import RunResult
+from tests.acceptance.test_lifecycle import HAPPY_PATH, jobs_by_product, statuses
+from tests.conftest import missing_service
+from tests.support.jobtypes import (
+    ECHO_IMAGE,
+    SCRIPT,
+    SCRIPT_IN_IMAGE,
+    write_partner_module,
+    write_products,
+)
+
+
+@pytest.fixture(scope="module")
+def docker_client() -> Iterator[object]:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except docker.errors.DockerException as error:
+        missing_service(f"no Docker engine answers: {error}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def docker_settings(
+    pg_settings: Settings,
+    prefect_api_url: str,
+    jobline_env: Callable[[Settings], Settings],
+    docker_client: object,
+) -> Settings:
+    # "never": an image that is not built here must not be looked for in a registry.
+    return jobline_env(
+        pg_settings.model_copy(
+            update={"retry_base_seconds": 0.0, "runner": "docker", "image_pull_policy": "never"}
+        )
+    )
+
+
+def leftover_containers(client: object) -> list[object]:
+    return client.containers.list(all=True, filters={"label": "jobline.job_id"})  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_demo_jobs_run_in_containers(docker_settings: Settings, docker_client: object) -> None:
+    from flows.pipeline import run_pipeline
+    from tasks.runners.images import ensure_demo_image
+
+    image_id = ensure_demo_image(docker_client)  # type: ignore[arg-type]
+    write_sample_products(Path(SnowCover(docker_settings).input_url[7:]), count=4)
+
+    summary = run_pipeline(job_type=SnowCover.import_path(), runner="docker")
+
+    assert summary.processed == 4
+    store = JobStore.from_settings(docker_settings)
+    for job in store.list_jobs().jobs:
+        assert statuses(store, job.id) == HAPPY_PATH
+        run = store.get_metadata(job.id, "run-container", RunResult)
+        assert run.runner == "docker" and run.exit_code == 0
+        assert run.image_id == image_id
+        assert run.flavor == "extra_small"
+        assert run.limits["memory_mib"] == 256 and run.limits["network"] == "none"
+        assert any("wrote FSC_" in line for line in run.log_tail)
+        assert set(store.list_metadata(job.id)) == set(METADATA_KEYS)
+    assert leftover_containers(docker_client) == []
+
+
+@pytest.mark.slow
+def test_retry_timeout_and_missing_image_in_containers(
+    docker_settings: Settings, docker_client: object, tmp_path: Path
+) -> None:
+    from flows.pipeline import run_pipeline
+    from tasks.runners.images import build_busybox_image
+
+    build_busybox_image(docker_client, ECHO_IMAGE, {SCRIPT_IN_IMAGE: SCRIPT.encode()})  # type: ignore[arg-type]
+    inputs = tmp_path / "input"
+    path = write_partner_module(tmp_path / "src", inputs, tmp_path / "output")
+    job_type = path.replace(":Echo", ":DockerEcho")
+    write_products(inputs, ["ok-1", "flaky-1", "sleepy-1", "noimage-1"])
+
+    run_pipeline(job_type=job_type, concurrency=2)
+
+    store = JobStore.from_settings(docker_settings)
+    jobs = jobs_by_product(store, job_type)
+    assert {p: j.status for p, j in jobs.items()} == {
+        "ok-1": "done",
+        "flaky-1": "done",
+        "sleepy-1": "internal_error",
+        "noimage-1": "internal_error",
+    }
+    assert jobs["flaky-1"].attempts == 2
+    assert "external_error" in statuses(store, jobs["flaky-1"].id)
+    assert "timed out after 3 s" in (jobs["sleepy-1"].last_error or "")
+    assert "jobline-test/absent:404" in (jobs["noimage-1"].last_error or "")
+    assert leftover_containers(docker_client) == []

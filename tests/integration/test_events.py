@@ -1,0 +1,208 @@
+"""Live status events: NOTIFY payloads, the SSE stream, resuming with Last-Event-ID, and the
+feed's handling of changes that commit out of id order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from cli.main import app
+from db.migrate import upgrade
+from db.notify import ANY_CHANGE, Listener, Notice, parse_notice
+from db.records import NewJob
+from db.store import JobStore
+from jobline.settings import Settings
+from tests.integration.api_server import (  # noqa: F401 - fixtures
+    HAPPY_PATH,
+    JOB_TYPE,
+    ApiServer,
+    EventReader,
+    api_server,
+    start_server,
+    stop_server,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def new_job(store: JobStore, product_id: str, job_type: str = JOB_TYPE) -> int:
+    return store.insert_jobs([NewJob(job_type=job_type, product_id=product_id)]).inserted_ids[0]
+
+
+def drive(store: JobStore, job_id: int, path: tuple[str, ...], pause: float = 0.0) -> None:
+    current = store.get_job(job_id, touch=False).status
+    for status in path:
+        time.sleep(pause)
+        store.transition(job_id, status, expected_from=current)
+        current = status
+
+
+def statuses(events: list[tuple[int, dict[str, object]]]) -> list[object]:
+    return [data["to_status"] for _, data in events]
+
+
+def reached(status: str):  # type: ignore[no-untyped-def]
+    return lambda events: events[-1][1]["to_status"] == status
+
+
+# ---------------------------------------------------------------------------- notices
+
+
+def test_parse_notice() -> None:
+    assert parse_notice("42:7,9") == Notice(42, frozenset({7, 9}))
+    assert parse_notice("42:*") == Notice(42, None)
+    assert parse_notice("garbage") == ANY_CHANGE
+    assert parse_notice("42:7").concerns(7)
+    assert not parse_notice("42:7").concerns(8)
+    assert parse_notice("42:*").concerns(8)
+
+
+def test_a_committed_transition_notifies_listeners(pg_store: JobStore) -> None:
+    job_id = new_job(pg_store, "P1")
+    with Listener(pg_store.engine) as listener:
+        assert listener.wait(0.2) == []
+        pg_store.transition(job_id, "configured", expected_from="initialized")
+        notices = listener.wait(5)
+    last = pg_store.history(job_id)[-1].id
+    assert notices == [Notice(last, frozenset({job_id}))]
+
+
+# ---------------------------------------------------------------------------- streams
+
+
+def test_a_client_sees_every_transition_of_a_job_in_order(
+    api_server: ApiServer, pg_store: JobStore
+) -> None:
+    job_id = new_job(pg_store, "P1")
+    other = new_job(pg_store, "P2")
+    reader = EventReader(api_server, {"job_id": job_id}, stop_when=reached("done")).start()
+    worker = threading.Thread(target=drive, args=(pg_store, job_id, HAPPY_PATH, 0.01))
+    noise = threading.Thread(target=drive, args=(pg_store, other, HAPPY_PATH, 0.01))
+    worker.start()
+    noise.start()
+    events = reader.wait_until_finished()
+    worker.join(10)
+    noise.join(10)
+    # The job's whole history (replayed from its first change), then live, in order.
+    assert statuses(events) == ["initialized", *HAPPY_PATH]
+    assert [event_id for event_id, _ in events] == [c.id for c in pg_store.history(job_id)]
+    assert {data["job_id"] for _, data in events} == {job_id}
+
+
+def test_reconnecting_with_last_event_id_loses_and_repeats_nothing(
+    api_server: ApiServer, pg_store: JobStore
+) -> None:
+    job_id = new_job(pg_store, "P1")
+    first = EventReader(api_server, {"job_id": job_id}, stop_when=reached("queued")).start()
+    drive(pg_store, job_id, HAPPY_PATH[:3])  # configured, ready, queued
+    before = first.wait_until_finished()
+    drive(pg_store, job_id, HAPPY_PATH[3:6])  # while nobody listens
+    second = EventReader(
+        api_server, {"job_id": job_id}, last_event_id=before[-1][0], stop_when=reached("done")
+    ).start()
+    drive(pg_store, job_id, HAPPY_PATH[6:], pause=0.01)
+    after = second.wait_until_finished()
+
+    ids = [event_id for event_id, _ in before + after]
+    assert ids == [c.id for c in pg_store.history(job_id)]
+    assert statuses(before + after) == ["initialized", *HAPPY_PATH]
+    assert statuses(after)[:3] == list(HAPPY_PATH[3:6])
+
+
+def test_the_stream_filters_by_job_type(api_server: ApiServer, pg_store: JobStore) -> None:
+    ours = new_job(pg_store, "P1")
+    theirs = new_job(pg_store, "P1", job_type="partner.types:Other")
+    reader = EventReader(api_server, {"job_type": JOB_TYPE}, stop_when=reached("ready")).start()
+    drive(pg_store, theirs, ("configured", "ready"))
+    drive(pg_store, ours, ("configured", "ready"))
+    events = reader.wait_until_finished()
+    assert [data["job_id"] for _, data in events] == [ours, ours]
+
+
+def test_a_change_is_held_back_until_an_earlier_id_commits(
+    api_server: ApiServer, pg_store: JobStore
+) -> None:
+    """History ids come from a sequence, but transactions commit in any order: the stream must
+    not deliver id N+1 while N may still appear (a client resuming after N+1 would lose N)."""
+    slow, fast = new_job(pg_store, "SLOW"), new_job(pg_store, "FAST")
+    reader = EventReader(api_server, stop_when=lambda events: len(events) == 2).start()
+    with pg_store.engine.connect() as held:
+        held.begin()
+        held.execute(text("UPDATE jobs SET status = 'configured' WHERE id = :id"), {"id": slow})
+        drive(pg_store, fast, ("configured",))  # commits the higher id first
+        time.sleep(1.0)
+        assert reader.events == []
+        held.commit()
+    events = reader.wait_until_finished(10)
+    assert [data["job_id"] for _, data in events] == [slow, fast]
+    assert events[0][0] < events[1][0]
+
+
+def test_an_aborted_change_does_not_stall_the_stream(
+    api_server: ApiServer, pg_store: JobStore
+) -> None:
+    aborted, fast = new_job(pg_store, "ABORTED"), new_job(pg_store, "FAST")
+    reader = EventReader(api_server, stop_when=lambda events: len(events) == 1).start()
+    with pg_store.engine.connect() as held:
+        held.begin()
+        held.execute(text("UPDATE jobs SET status = 'configured' WHERE id = :id"), {"id": aborted})
+        drive(pg_store, fast, ("configured",))
+        time.sleep(0.5)
+        held.rollback()
+    started = time.monotonic()
+    events = reader.wait_until_finished(10)
+    assert time.monotonic() - started < 5  # the gap is passed once its transaction ended
+    assert [data["job_id"] for _, data in events] == [fast]
+
+
+def test_bad_stream_requests_are_refused(api_server: ApiServer, pg_store: JobStore) -> None:
+    with api_server.client() as client:
+        unknown = client.get("/events", params={"job_id": 999_999})
+        assert unknown.status_code == 404
+        malformed = client.get("/events", headers={"Last-Event-ID": "yesterday"})
+        assert malformed.status_code == 422
+        assert malformed.json()["errors"][0]["field"] == "last-event-id"
+
+
+def test_events_and_wait_on_sqlite_by_polling(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings)
+    store = JobStore.from_settings(settings)
+    server = start_server(settings.resolved_database_url, settings.data_dir)
+    try:
+        job_id = new_job(store, "P1")
+        reader = EventReader(server, {"job_id": job_id}, stop_when=reached("done")).start()
+        worker = threading.Thread(target=drive, args=(store, job_id, HAPPY_PATH, 0.02))
+        worker.start()
+        with server.client() as client:
+            waited = client.get(f"/jobs/{job_id}/wait", params={"timeout": 30}).json()
+        events = reader.wait_until_finished()
+        worker.join(10)
+    finally:
+        stop_server(server)
+        store.engine.dispose()
+    assert waited["job"]["status"] == "done"
+    assert statuses(events) == ["initialized", *HAPPY_PATH]
+
+
+def test_the_server_needs_a_token_unless_no_auth_on_loopback(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings)
+    url = settings.resolved_database_url
+    with pytest.raises(RuntimeError, match="JOBLINE_API_TOKEN"):
+        start_server(url, settings.data_dir, token=None)
+    # Refused before anything binds: no need for a process.
+    refused = CliRunner().invoke(app, ["api", "--no-auth", "--host", "0.0.0.0", "--port", "1"])
+    assert refused.exit_code == 2
+    assert "loopback" in refused.output
+    open_server = start_server(url, settings.data_dir, token=None, extra_args=("--no-auth",))
+    try:
+        assert httpx.get(f"{open_server.url}/jobs").json() == {"jobs": [], "next_cursor": None}
+    finally:
+        stop_server(open_server)
