@@ -51,6 +51,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def json_error_responses(extra: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """ERROR_RESPONSES (plus ``extra``: status -> description) with their JSON media type
+    spelled out, for routes whose own answers are not JSON (an event stream)."""
+    descriptions = {code: spec["description"] for code, spec in ERROR_RESPONSES.items()}
+    reference = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        code: {"description": text, "content": {"application/json": {"schema": reference}}}
+        for code, text in {**descriptions, **extra}.items()
+    }
+
+
 def error_response(
     status: int,
     detail: str,

@@ -9,6 +9,7 @@ This module imports no web framework: the CLI reuses it for its ``--json`` outpu
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -58,11 +59,14 @@ def _plain_json(value: Any, depth: int = 0) -> Any:
     return value
 
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
 def _iso_text(value: Any) -> Any:
     """Datetimes come as ISO 8601 text, as the schema says (not as epoch numbers)."""
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an ISO 8601 date-time string")
-    return value
+    if isinstance(value, datetime) or (isinstance(value, str) and _ISO_DATE.match(value)):
+        return value
+    raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-01-31T12:00:00Z")
 
 
 def _utc(value: datetime) -> datetime:
@@ -132,6 +136,16 @@ class JobCreate(ApiModel):
     pipeline's discovery would make); with only a ``config`` it is the job of that configuration.
     Submitting an identical job again returns the existing one.
     """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["product_id"], "properties": {"product_id": {"type": "string"}}},
+                {"required": ["config"], "properties": {"config": {"type": "object"}}},
+            ]
+        },
+    )
 
     job_type: ImportPath
     product_id: Annotated[Text, Field(min_length=1, max_length=300)] | None = None

@@ -4,19 +4,23 @@ Run with ``python -m bench.staging``. moto's S3 server runs in a child process o
 between it and the client sits a small TCP proxy that holds every request for 20 ms, as the
 round trip to real object storage does (on loopback moto would answer in a few ms of CPU, which
 measures moto, not staging). Prints both times and the ratio; the target is at least 5x.
+
+It also prints the CPU floor: ``stage_inputs`` straight to moto with no added latency. When the
+concurrent time is close to it, the machine (moto's CPU per request), not latency, is the limit,
+and the speed-up is at most (latency + per-request cost) / (floor / objects).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +51,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_port(port: int, alive: Callable[[], bool], seconds: float = 30) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections; fail if the server died or is slow."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
 def start_moto() -> tuple[subprocess.Popen[bytes], int]:
     """moto's S3 server in a child process (its CPU does not compete with the client's GIL)."""
     port = free_port()
@@ -55,19 +71,17 @@ def start_moto() -> tuple[subprocess.Popen[bytes], int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process, port
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"moto did not listen on 127.0.0.1:{port} within 30 s")
+    try:
+        wait_for_port(port, lambda: process.poll() is None)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process, port
 
 
 class LatencyProxy:
-    """A TCP proxy on loopback that delays each request by ``delay`` seconds.
+    """A TCP proxy on loopback that delays each request by ``delay`` seconds, in a child process
+    (so that its work does not compete with the client for the GIL).
 
     A request is the first read from the client after the previous response began (HTTP/1.1
     keep-alive: one request at a time per connection), so every request pays the delay once.
@@ -76,24 +90,30 @@ class LatencyProxy:
     def __init__(self, upstream_port: int, delay: float) -> None:
         self.upstream_port = upstream_port
         self.delay = delay
-        self.requests = 0
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.port = 0
+        context = multiprocessing.get_context("fork")
+        self._requests = context.Value("i", 0)
+        self._process = context.Process(target=self._serve, daemon=True)
+        self.port = free_port()
+
+    @property
+    def requests(self) -> int:
+        return int(self._requests.value)
 
     def start(self) -> int:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._connection, "127.0.0.1", 0), self.loop
-        )
-        self._server = future.result(timeout=10)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._process.start()
+        wait_for_port(self.port, self._process.is_alive)
         return self.port
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self._server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
+        self._process.kill()
+        self._process.join(timeout=10)
+
+    def _serve(self) -> None:
+        async def serve() -> None:
+            server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+            await server.serve_forever()
+
+        asyncio.run(serve())
 
     async def _connection(
         self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
@@ -107,7 +127,8 @@ class LatencyProxy:
             while data := await client_reader.read(65_536):
                 if waiting_for_request[0]:
                     waiting_for_request[0] = False
-                    self.requests += 1
+                    with self._requests.get_lock():
+                        self._requests.value += 1
                     await asyncio.sleep(self.delay)
                 upstream_writer.write(data)
                 await upstream_writer.drain()
@@ -144,6 +165,7 @@ def main() -> None:
 
     moto_process, moto_port = start_moto()
     proxy = LatencyProxy(moto_port, args.latency_ms / 1000)
+    proxy.start()  # forked before this process starts any thread of its own
     try:
         direct = Settings(s3_endpoint_url=f"http://127.0.0.1:{moto_port}")
         fs, _ = storage.filesystem(f"s3://{BUCKET}", direct)
@@ -152,7 +174,7 @@ def main() -> None:
         names = [f"granule/band_{n:03d}.bin" for n in range(args.objects)]
         fs.pipe({f"{BUCKET}/{PREFIX}/{name}": payload for name in names})
 
-        settings = Settings(s3_endpoint_url=f"http://127.0.0.1:{proxy.start()}")
+        settings = Settings(s3_endpoint_url=f"http://127.0.0.1:{proxy.port}")
         slow_fs, _ = storage.filesystem(f"s3://{BUCKET}", settings)
         slow_fs.info(f"{BUCKET}/{PREFIX}/{names[0]}")  # warm the client (credentials, a socket)
         files = [InputFile(path=name, size=OBJECT_SIZE) for name in names]
@@ -173,10 +195,15 @@ def main() -> None:
                 dest = root / f"stage-{time.monotonic_ns()}"
                 storage.stage_inputs(product_url, files, dest, settings, args.concurrency)
 
+            def floor() -> None:
+                dest = root / f"floor-{time.monotonic_ns()}"
+                storage.stage_inputs(product_url, files, dest, direct, args.concurrency)
+
             before = proxy.requests
             concurrent_s = timed(concurrent, args.repeats)
             per_run = (proxy.requests - before) / args.repeats
             sequential_s = timed(sequential, args.repeats)
+            floor_s = timed(floor, args.repeats)
     finally:
         proxy.stop()
         moto_process.kill()
@@ -192,6 +219,9 @@ def main() -> None:
         f"(concurrency {args.concurrency}, {per_run:.0f} requests per run)"
     )
     print(f"  speed-up            : {sequential_s / concurrent_s:7.1f}x (target >= 5x)")
+    # With no added latency, what is left is CPU (moto's and the client's): no amount of
+    # concurrency stages faster than this on this machine, which bounds the speed-up.
+    print(f"  CPU floor           : {floor_s:7.3f} s (stage_inputs straight to moto, no latency)")
 
 
 if __name__ == "__main__":

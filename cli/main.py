@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from cli import api_cmd, pipeline_cmds
+from cli import api_cmd, maintenance_cmd, pipeline_cmds
 from cli.jobs import jobs_app
 from db.engine import make_engine
 from db.migrate import current_revision, head_revision, upgrade
@@ -26,6 +26,7 @@ app.command("demo")(pipeline_cmds.demo)
 app.command("run")(pipeline_cmds.run)
 app.add_typer(jobs_app, name="jobs")
 app.command("api")(api_cmd.serve_api)
+app.command("maintenance")(maintenance_cmd.maintenance)
 console = Console()
 errors = Console(stderr=True)
 

@@ -17,6 +17,7 @@ from db.migrate import upgrade
 from db.records import JobFilter
 from db.statuses import TERMINAL, Status
 from db.store import JobStore
+from jobline.exceptions import JoblineError
 from jobline.settings import Settings, get_settings
 from jobtypes.base import load_job_type
 
@@ -53,10 +54,23 @@ def demo(
     console.print(f"input products: {products} in {input_dir}")
     chosen = _announce_runner(job_type, settings, runner)
     if chosen == "docker":
-        from tasks.runners.images import ensure_demo_image
-
-        ensure_demo_image()
+        chosen = _demo_image_or_local(asked=bool(runner or settings.runner != "auto"))
     _run(SnowCover.import_path(), settings, None, None, 10_000, concurrency, chosen)
+
+
+def _demo_image_or_local(asked: bool) -> str:
+    """Build the demo image locally (no registry is needed); when that is impossible and docker
+    was only chosen automatically, fall back to the local runner and say why."""
+    from tasks.runners.images import ensure_demo_image
+
+    try:
+        ensure_demo_image()
+    except JoblineError as error:
+        if asked:
+            raise
+        console.print(f"[yellow]cannot build the demo image ({error}); using the local runner[/]")
+        return "local"
+    return "docker"
 
 
 def run(

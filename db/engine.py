@@ -11,6 +11,9 @@ from sqlalchemy.engine import make_url
 from jobline.exceptions import ConfigurationError
 from jobline.settings import Settings
 
+#: ``application_name`` of jobline's PostgreSQL sessions (see ``pg_stat_activity``).
+APPLICATION_NAME = "jobline"
+
 
 def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     """An engine for the configured store, with the schema on PostgreSQL's search path."""
@@ -28,7 +31,12 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
 def _postgresql_engine(url: Any, schema: str, **kwargs: Any) -> Engine:
     # The schema comes first on the search path so that every unqualified name is jobline's;
     # pre-ping replaces connections a restarted server or pg_terminate_backend has closed.
-    connect_args = {"options": f"-c search_path={schema},public", "connect_timeout": 10}
+    # The application name lets operators (and the reliability tests) find jobline's sessions.
+    connect_args = {
+        "options": f"-c search_path={schema},public",
+        "connect_timeout": 10,
+        "application_name": APPLICATION_NAME,
+    }
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)

@@ -8,7 +8,10 @@ the same transaction.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, Select, delete, func, or_, select, text, update
+from sqlalchemy import Engine, Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine
@@ -37,6 +40,8 @@ from jobline.exceptions import (
 from jobline.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 #: Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters at 16 columns.
@@ -44,6 +49,8 @@ INSERT_CHUNK = 2_000
 #: Rows per statement where each column goes as ONE array parameter (PostgreSQL): large enough
 #: that the round trips vanish, small enough to keep one statement's memory modest.
 ARRAY_CHUNK = 25_000
+#: Above this many rows, a bulk statement gets more working memory for its transaction.
+BIG_BATCH = 5_000
 #: Columns a transition may set besides the status and its context.
 TRANSITION_FIELDS = frozenset(
     {
@@ -79,16 +86,41 @@ class JobStore:
 
     ``clock`` gives the current time for everything the store timestamps, so tests of leases,
     backoff and expiry can move time forward without sleeping.
+
+    ``reconnect_seconds`` (a worker's store sets it from ``Settings.db_reconnect_seconds``): for
+    that long, a method whose database connection was lost (server restart, terminated backend)
+    runs its transaction again (see :data:`RECONNECTING_METHODS` and :meth:`reconnecting`).
     """
 
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Clock = utcnow, reconnect_seconds: float = 0.0
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        self.reconnect_seconds = reconnect_seconds
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
+    def reconnecting(self, call: Callable[[], T]) -> T:
+        """``call()`` (whole transactions, safe to repeat), run again while the database
+        connection is lost, for up to ``reconnect_seconds``; other errors propagate at once."""
+        deadline = time.monotonic() + self.reconnect_seconds
+        pause = 0.1
+        while True:
+            try:
+                return call()
+            except DBAPIError as error:
+                if not connection_lost(error) or time.monotonic() + pause > deadline:
+                    raise
+                reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+                logger.warning("job store: connection lost (%s); again in %.1f s", reason, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
     @classmethod
-    def from_settings(cls, settings: Settings, *, clock: Clock = utcnow) -> JobStore:
-        return cls(make_engine(settings), clock=clock)
+    def from_settings(
+        cls, settings: Settings, *, clock: Clock = utcnow, reconnect_seconds: float = 0.0
+    ) -> JobStore:
+        return cls(make_engine(settings), clock=clock, reconnect_seconds=reconnect_seconds)
 
     @property
     def dialect(self) -> str:
@@ -128,6 +160,7 @@ class JobStore:
                 inserted = self._insert_postgresql(session, new, now, run or RunIds())
             else:
                 inserted = self._insert_portable(session, new, now, run or RunIds())
+            inserted.update(self._revive_expired(session, new, inserted, run or RunIds()))
         skipped.extend(job.product_id for key, job in new.items() if key not in inserted)
         return InsertResult(inserted=inserted, skipped=skipped)
 
@@ -151,23 +184,24 @@ class JobStore:
         self, session: Session, new: Mapping[bytes, NewJob], now: datetime, run: RunIds
     ) -> dict[bytes, int]:
         """Skip the stored keys, then INSERT … SELECT FROM unnest(arrays), in id order."""
+        connection = session.connection()
         keys = list(new)
         stored: set[bytes] = set()
         for start in range(0, len(keys), ARRAY_CHUNK):
-            result = session.execute(_PG_STORED_KEYS, {"keys": keys[start : start + ARRAY_CHUNK]})
+            result = connection.exec_driver_sql(
+                _PG_STORED_KEYS, {"keys": keys[start : start + ARRAY_CHUNK]}
+            )
             stored.update(bytes(key) for key in result.scalars())
         fresh = [(key, job) for key, job in new.items() if key not in stored]
+        if len(fresh) > BIG_BATCH:
+            # The history trigger's transition table and the unnested rows stay in memory.
+            connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         dates = _utc_dates(self.engine.dialect)
-        constants = {
-            "now": now,
-            "flow_run_id": run.flow_run_id,
-            "task_run_id": run.task_run_id,
-        }
+        constants = {"now": now, "flow_run_id": run.flow_run_id, "task_run_id": run.task_run_id}
         inserted: dict[bytes, int] = {}
         for start in range(0, len(fresh), ARRAY_CHUNK):
-            chunk = fresh[start : start + ARRAY_CHUNK]
-            columns = _insert_arrays(chunk, dates)
-            result = session.execute(_PG_INSERT_ARRAYS, {**columns, **constants})
+            columns = _insert_arrays(fresh[start : start + ARRAY_CHUNK], dates)
+            result = connection.exec_driver_sql(_PG_INSERT_ARRAYS, {**columns, **constants})
             inserted.update((bytes(key), job_id) for job_id, key in result)
         return inserted
 
@@ -455,8 +489,11 @@ class JobStore:
 
     # ------------------------------------------------------------------------- metadata
 
-    def set_metadata(self, job_id: int, key: str, value: BaseModel) -> None:
-        """Store ``value`` under ``key`` for the job, replacing what was there."""
+    def set_metadata(
+        self, job_id: int, key: str, value: BaseModel, *, lease_token: str | None = None
+    ) -> None:
+        """Store ``value`` under ``key`` for the job, replacing what was there; with
+        ``lease_token``, only while that lease owns the job (:class:`LeaseLost` otherwise)."""
         now = self.clock()
         module = postgresql if self.dialect == "postgresql" else sqlite
         document = value.model_dump(mode="json")
@@ -479,7 +516,19 @@ class JobStore:
         with self.session() as session:
             if session.get(Job, job_id) is None:
                 raise JobNotFound(job_id)
+            if lease_token is not None:
+                self._lock_lease(session, job_id, lease_token)
             session.execute(statement)
+
+    @staticmethod
+    def _lock_lease(session: Session, job_id: int, lease_token: str) -> None:
+        """Lock the job's row until the transaction ends, if ``lease_token`` still owns it: a
+        rescue cannot take the job between this check and the caller's write."""
+        owner = session.execute(
+            select(Job.lease_token).where(Job.id == job_id).with_for_update()
+        ).scalar_one_or_none()
+        if owner != lease_token:
+            raise LeaseLost(job_id, lease_token)
 
     def set_metadata_many(self, items: Sequence[tuple[int, str, BaseModel]]) -> None:
         """Store many (job id, key, value) documents in one transaction (one statement per
@@ -666,9 +715,7 @@ class JobStore:
                     target, message, None, None, None, False, {"retry_at": None}
                 )
                 session.execute(
-                    update(Job.__table__)
-                    .where(Job.__table__.c.id == job_id)
-                    .values(**assignments)
+                    update(Job.__table__).where(Job.__table__.c.id == job_id).values(**assignments)
                 )
             return session.scalars(select(Job).where(Job.id == job_id)).one()
 
@@ -794,13 +841,20 @@ class JobStore:
             session.execute(statement)
 
 
-#: The keys of ``:keys`` (a bytea[]) that jobs already have (PostgreSQL).
-_PG_STORED_KEYS = text("SELECT job_key FROM jobs WHERE job_key = ANY(CAST(:keys AS bytea[]))")
+#: The keys of ``keys`` (a bytea[]) that jobs already have (PostgreSQL). A join, not
+#: ``= ANY(keys)``: without fresh statistics the planner may filter a sequential scan of jobs
+#: through the whole array for each row.
+_PG_STORED_KEYS = (
+    "SELECT jobs.job_key FROM unnest(CAST(%(keys)b AS bytea[])) AS k(job_key) "
+    "JOIN jobs ON jobs.job_key = k.job_key"
+)
 
-#: New jobs from one array per column; the constants of the batch are plain parameters.
-#: Ids follow the order of the arrays; a key inserted meanwhile by someone else is skipped.
-_PG_INSERT_ARRAYS = text(
-    f"""
+#: New jobs from one array per column, zipped by ``ROWS FROM``; the JSON columns come as one
+#: JSON array each (one ``json.dumps`` per column instead of one per row). The batch's constants
+#: are plain parameters. Ids follow the order of the arrays; a key inserted meanwhile by another
+#: transaction is skipped. Parameters are bound in binary (``%(name)b``): psycopg dumps a list
+#: of 100,000 values in binary in a few ms, in text (with escaping) far slower.
+_PG_INSERT_ARRAYS = f"""
 INSERT INTO jobs (
     job_key, job_type, queue, priority, product_id, tile_id, input_path,
     input_publication_date, config, input_files, status, status_message, max_attempts,
@@ -808,15 +862,20 @@ INSERT INTO jobs (
     created_at, last_accessed_at, finished_at)
 SELECT
     r.job_key, r.job_type, r.queue, r.priority, r.product_id, r.tile_id, r.input_path,
-    r.input_publication_date, r.config, r.input_files, r.status, r.status_message,
-    r.max_attempts, '[]'::jsonb, 1, :now, :flow_run_id, :task_run_id, 0, :now, :now,
-    CASE WHEN r.status IN ({sql_list(TERMINAL)}) THEN CAST(:now AS timestamptz) END
-FROM unnest(
-    CAST(:job_key AS bytea[]), CAST(:job_type AS text[]), CAST(:queue AS text[]),
-    CAST(:priority AS integer[]), CAST(:product_id AS text[]), CAST(:tile_id AS text[]),
-    CAST(:input_path AS text[]), CAST(:input_publication_date AS timestamptz[]),
-    CAST(:config AS jsonb[]), CAST(:input_files AS jsonb[]), CAST(:status AS text[]),
-    CAST(:status_message AS text[]), CAST(:max_attempts AS integer[])
+    r.input_publication_date, r.config::jsonb, r.input_files::jsonb, r.status, r.status_message,
+    r.max_attempts, '[]'::jsonb, 1, %(now)b, %(flow_run_id)b, %(task_run_id)b, 0, %(now)b,
+    %(now)b,
+    CASE WHEN r.status IN ({sql_list(TERMINAL)}) THEN CAST(%(now)b AS timestamptz) END
+FROM ROWS FROM (
+    unnest(CAST(%(job_key)b AS bytea[])), unnest(CAST(%(job_type)b AS text[])),
+    unnest(CAST(%(queue)b AS text[])), unnest(CAST(%(priority)b AS integer[])),
+    unnest(CAST(%(product_id)b AS text[])), unnest(CAST(%(tile_id)b AS text[])),
+    unnest(CAST(%(input_path)b AS text[])),
+    unnest(CAST(%(input_publication_date)b AS timestamptz[])),
+    json_array_elements(CAST(%(config)b AS json)),
+    json_array_elements(CAST(%(input_files)b AS json)),
+    unnest(CAST(%(status)b AS text[])), unnest(CAST(%(status_message)b AS text[])),
+    unnest(CAST(%(max_attempts)b AS integer[]))
 ) WITH ORDINALITY AS r(
     job_key, job_type, queue, priority, product_id, tile_id, input_path,
     input_publication_date, config, input_files, status, status_message, max_attempts, ord)
@@ -824,7 +883,6 @@ ORDER BY r.ord
 ON CONFLICT (job_key) DO NOTHING
 RETURNING id, job_key
 """
-)
 
 
 def _utc_dates(dialect: Any) -> Callable[[datetime | None], datetime | None]:
@@ -835,8 +893,8 @@ def _utc_dates(dialect: Any) -> Callable[[datetime | None], datetime | None]:
 
 def _insert_arrays(
     chunk: Sequence[tuple[bytes, NewJob]], dates: Callable[[datetime | None], datetime | None]
-) -> dict[str, list[Any]]:
-    """The per-job columns of ``_PG_INSERT_ARRAYS``, one list each."""
+) -> dict[str, Any]:
+    """The per-job columns of ``_PG_INSERT_ARRAYS``: a list each, JSON columns as JSON text."""
     jobs = [job for _, job in chunk]
     return {
         "job_key": [key for key, _ in chunk],
@@ -847,8 +905,8 @@ def _insert_arrays(
         "tile_id": [job.tile_id for job in jobs],
         "input_path": [job.input_path for job in jobs],
         "input_publication_date": [dates(job.input_publication_date) for job in jobs],
-        "config": [json.dumps(job.config) for job in jobs],
-        "input_files": [json.dumps(job.input_files) for job in jobs],
+        "config": json.dumps([job.config for job in jobs]),
+        "input_files": json.dumps([job.input_files for job in jobs]),
         "status": [job.status.value for job in jobs],
         "status_message": [job.message for job in jobs],
         "max_attempts": [job.max_attempts for job in jobs],
@@ -874,6 +932,91 @@ def _filtered(statement: Select[Any], filters: JobFilter) -> Select[Any]:
     if filters.input_date_until is not None:
         conditions.append(Job.input_publication_date < filters.input_date_until)
     return statement.where(*conditions)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether a database error means the connection or the server went away (a restart, a
+    terminated backend, a refused connection): the whole transaction may be tried again."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    # psycopg's OperationalError covers lost and refused connections and rolled-back (deadlocked)
+    # transactions; SQLite's also covers "no such table", which no repeat fixes.
+    driver = type(error.orig).__module__ if error.orig is not None else ""
+    return isinstance(error, OperationalError | InterfaceError) and driver.startswith("psycopg")
+
+
+def _reconnecting(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def repeated(self: JobStore, *args: Any, **kwargs: Any) -> T:
+        if self.reconnect_seconds <= 0:
+            return method(self, *args, **kwargs)
+        return self.reconnecting(functools.partial(method, self, *args, **kwargs))
+
+    return repeated
+
+
+def _reconnecting_transition(method: Callable[..., Job]) -> Callable[..., Job]:
+    @functools.wraps(method)
+    def repeated(self: JobStore, job_id: int, to: Status | str, **kwargs: Any) -> Job:
+        if self.reconnect_seconds <= 0:
+            return method(self, job_id, to, **kwargs)
+        tries = 0
+
+        def once() -> Job:
+            nonlocal tries
+            tries += 1
+            try:
+                return method(self, job_id, to, **kwargs)
+            except StaleTransition as stale:
+                # The connection was lost after the first try committed: its answer never came
+                # back, and the job is already where that try moved it.
+                if tries > 1 and stale.actual == Status(to).value:
+                    job = self.get_job(job_id, touch=False)
+                    token = kwargs.get("lease_token")
+                    if token is None or Status(to) not in LEASED or job.lease_token == token:
+                        return job
+                raise
+
+        return self.reconnecting(once)
+
+    return repeated
+
+
+#: Methods that are one transaction each: a store with ``reconnect_seconds`` repeats them whole
+#: when the connection was lost. (``cancel`` repeats through the methods it calls.)
+RECONNECTING_METHODS = (
+    "insert_jobs",
+    "transition_many",
+    "update_job_fields",
+    "claim",
+    "earliest_retry",
+    "heartbeat",
+    "set_metadata",
+    "set_metadata_many",
+    "get_metadata",
+    "list_metadata",
+    "delete_metadata",
+    "collect_metadata",
+    "get_job",
+    "get_job_by_key",
+    "get_jobs",
+    "list_jobs",
+    "count_by_type_status",
+    "history",
+    "retry",
+    "set_metadata_document",
+    "get_metadata_document",
+    "metadata_documents",
+    "status_changes",
+    "last_change_id",
+    "get_meta",
+    "set_meta",
+)
+for _name in RECONNECTING_METHODS:
+    setattr(JobStore, _name, _reconnecting(getattr(JobStore, _name)))
+JobStore.transition = _reconnecting_transition(JobStore.transition)  # type: ignore[method-assign]
 
 
 @contextmanager

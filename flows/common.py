@@ -73,6 +73,7 @@ def process_ready_jobs(
                     else 100.0,
                 )
             lifecycle.configure_batch(job_type, [])
+    lifecycle.deliver_publications()
     update_progress_artifact(artifact_id=progress_id, progress=100.0)
 
 

@@ -15,6 +15,16 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(user_data_dir("jobline", appauthor=False))
+#: Maintenance's limits per status (seconds): a job longer than this in the status is stuck.
+DEFAULT_STUCK_AFTER_SECONDS: dict[str, float] = {
+    "initialized": 30 * 60.0,
+    "configured": 7 * 86400.0,
+    "queued": 2 * 3600.0,
+    "processed": 10 * 60.0,
+    "start_publication": 3600.0,
+    "external_error": 10 * 60.0,
+    "error_checked": 10 * 60.0,
+}
 
 
 class Settings(BaseSettings):
@@ -74,6 +84,32 @@ class Settings(BaseSettings):
         2.0, ge=0, description="First backoff of a transient failure; doubles per attempt."
     )
     retry_max_seconds: float = Field(600.0, ge=0, description="Longest backoff.")
+    stuck_after_seconds: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_STUCK_AFTER_SECONDS),
+        description="How long a job may sit in a status before maintenance treats it as stuck, "
+        f"by status ({', '.join(DEFAULT_STUCK_AFTER_SECONDS)}); given keys replace the "
+        "defaults one by one. What maintenance does with each is in the README (reliability).",
+    )
+    metadata_retention_seconds: dict[str, float | None] = Field(
+        default_factory=lambda: {"*": 7 * 86400.0},
+        description="How long a finished job's metadata is kept after the job finished, by "
+        'metadata key; "*" covers every key not named; null keeps it forever. '
+        'Example: {"*": 604800, "run-container": null}.',
+    )
+    expire_deletes_outputs: bool = Field(
+        False, description="Delete a job's output files when it expires (retention passed)."
+    )
+    remove_orphan_containers: bool = Field(
+        True,
+        description="Maintenance removes jobline containers whose job is not in progress "
+        "(left by a lost worker), when a Docker engine answers.",
+    )
+    db_reconnect_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a worker repeats a job store operation whose database connection "
+        "was lost (server restart, terminated backend) before giving up; 0 never repeats.",
+    )
     worker_flavors: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="Overrides of the worker flavors' container limits, by flavor name: "
@@ -93,6 +129,28 @@ class Settings(BaseSettings):
         for prefix in ("postgresql://", "postgres://"):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @field_validator("stuck_after_seconds")
+    @classmethod
+    def _known_stuck_statuses(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(DEFAULT_STUCK_AFTER_SECONDS))
+        if unknown:
+            raise ValueError(
+                f"stuck_after_seconds: no stuck limit for {unknown}; "
+                f"statuses with one are {sorted(DEFAULT_STUCK_AFTER_SECONDS)}"
+            )
+        bad = sorted(status for status, seconds in value.items() if seconds <= 0)
+        if bad:
+            raise ValueError(f"stuck_after_seconds: limits must be positive, not for {bad}")
+        return {**DEFAULT_STUCK_AFTER_SECONDS, **value}
+
+    @field_validator("metadata_retention_seconds")
+    @classmethod
+    def _non_negative_retention(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        bad = sorted(key for key, seconds in value.items() if seconds is not None and seconds < 0)
+        if bad:
+            raise ValueError(f"metadata_retention_seconds: negative retention for keys {bad}")
         return value
 
     @property

@@ -21,6 +21,7 @@ from db.store import JobStore
 from jobline.settings import Settings, get_settings
 from jobtypes.base import JobType, load_job_type
 from tasks import steps
+from tasks.maintenance import MaintenanceReport, run_maintenance
 from tasks.results import ClaimedJob, ConfigureSummary, Discovery, InsertSummary, StepOutcome
 from tasks.runners.select import runner_for
 
@@ -32,7 +33,11 @@ def _store(database_url: str, schema: str) -> JobStore:
 
 
 def store_for(settings: Settings) -> JobStore:
-    return _store(settings.resolved_database_url, settings.db_schema)
+    """The process's store for the settings' database; a worker's store repeats transactions
+    whose connection was lost (``db_reconnect_seconds``)."""
+    store = _store(settings.resolved_database_url, settings.db_schema)
+    store.reconnect_seconds = settings.db_reconnect_seconds
+    return store
 
 
 def step_context() -> steps.StepContext:
@@ -111,6 +116,12 @@ def publish(job_type: str, outcome: StepOutcome) -> StepOutcome:
     return steps.publish(step_context(), job_type_for(job_type), outcome)
 
 
+@task(name="deliver-publications", cache_policy=NO_CACHE)
+def deliver_publications() -> list[int]:
+    """Deliver publications left pending earlier (e.g. while the broker was down)."""
+    return steps.deliver_publications(step_context())
+
+
 @task(name="summarize", cache_policy=NO_CACHE)
 def summarize(job_type: str) -> dict[str, int]:
     """Jobs of the job type by status."""
@@ -120,3 +131,10 @@ def summarize(job_type: str) -> dict[str, int]:
         for status in Status
         if counts.get((job_type, status.value), 0)
     }
+
+
+@task(name="maintenance", cache_policy=NO_CACHE)
+def maintain() -> MaintenanceReport:
+    """Rescue lost and stuck jobs, expire old ones, collect metadata, remove orphaned containers."""
+    ctx = step_context()
+    return run_maintenance(ctx.settings, ctx.store, run=ctx.run, log=ctx.log)

@@ -226,10 +226,10 @@ def deliver_pending(
     """
     report = DeliveryReport()
     rows = outbox.pending(store, limit, job_id)
-    untried = [row.id for row in rows]
+    tried = 0
     try:
         for row in rows:
-            untried.remove(row.id)
+            tried += 1
             try:
                 sink.send(row.message_id, row.body)
             except PublicationError as error:
@@ -243,6 +243,7 @@ def deliver_pending(
             report.sent += 1
     finally:
         # Whatever stopped the loop, claimed rows not tried are free for the next sender now.
+        untried = [row.id for row in rows[tried:]]
         outbox.release(store, untried)
         report.skipped = len(untried)
     for finished in outbox.publishing_jobs_without_pending(store, job_id):

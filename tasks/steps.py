@@ -22,12 +22,13 @@ from db import outbox
 from db.models import Job
 from db.records import JobFilter, NewJob, RunIds
 from db.statuses import Status
-from db.store import JobStore
-from jobline.exceptions import ProcessingError, TransitionError
+from db.store import JobStore, connection_lost
+from jobline.exceptions import LeaseLost, ProcessingError, TransitionError
 from jobline.settings import Settings
 from jobtypes.base import InputFile, JobType, OutputFile, load_job_type
 from tasks import storage
-from tasks.publication import deliver_pending, sink_for
+from tasks.heartbeat import keeper_for
+from tasks.publication import DeliveryReport, deliver_pending, sink_for
 from tasks.results import (
     ClaimedJob,
     ConfigureSummary,
@@ -187,7 +188,18 @@ def claim_jobs(ctx: StepContext, job_type: JobType, limit: int) -> list[ClaimedJ
         job_type=job_type.import_path(),
         run=ctx.run,
     )
-    return [ClaimedJob(job_id=job.id, lease_token=job.lease_token or "") for job in jobs]
+    claimed = [ClaimedJob(job_id=job.id, lease_token=job.lease_token or "") for job in jobs]
+    _hold_queued(ctx, claimed)
+    return claimed
+
+
+def _hold_queued(ctx: StepContext, claimed: list[ClaimedJob]) -> None:
+    """Heartbeat the claimed jobs' leases until they start, for at most the queued limit (a
+    flow run that never starts them must not keep them forever)."""
+    keeper = keeper_for(ctx.store, ctx.settings)
+    limit = ctx.settings.stuck_after_seconds["queued"]
+    for job in claimed:
+        keeper.hold(job.job_id, job.lease_token, for_seconds=limit)
 
 
 def claim_one(ctx: StepContext, job_id: int) -> tuple[str, ClaimedJob] | None:
@@ -209,7 +221,9 @@ def claim_one(ctx: StepContext, job_id: int) -> tuple[str, ClaimedJob] | None:
         current = ctx.store.get_job(job_id, touch=False)
         ctx.log(f"job {job_id} is {current.status}, not ready: nothing to process")
         return None
-    return job.job_type, ClaimedJob(job_id=job.id, lease_token=jobs[0].lease_token or "")
+    claimed = ClaimedJob(job_id=job.id, lease_token=jobs[0].lease_token or "")
+    _hold_queued(ctx, [claimed])
+    return job.job_type, claimed
 
 
 # --------------------------------------------------------------------------- one job's steps
@@ -232,6 +246,7 @@ def pre_process(ctx: StepContext, job_type: JobType, claimed: ClaimedJob) -> Ste
         message=f"attempt started by {worker_name()}",
     )
     outcome = StepOutcome(job_id=job.id, lease_token=token)
+    keeper_for(store, ctx.settings).hold(job.id, token)  # until processed or failed
     try:
         store.transition(
             job.id, S.PRE_PROCESSING, expected_from=S.STARTED, lease_token=token, run=ctx.run
@@ -249,7 +264,7 @@ def pre_process(ctx: StepContext, job_type: JobType, claimed: ClaimedJob) -> Ste
             files=staged,
             total_bytes=sum(s.size for s in staged),
         )
-        store.set_metadata(job.id, "pre-process", result)
+        store.set_metadata(job.id, "pre-process", result, lease_token=token)
         ctx.log(f"job {job.id}: staged {len(staged)} files ({result.total_bytes} bytes)")
         return outcome.model_copy(update={"work_dir": str(work_dir)})
     except Exception as error:  # noqa: BLE001 - every failure is recorded on the job
@@ -273,6 +288,7 @@ def run_container(
             message=f"processing with the {runner.name} runner",
         )
         command = job_type.command if runner.name == "docker" else job_type.host_command
+        lease = keeper_for(store, ctx.settings).hold(job.id, token or "")
         result = runner.run(
             RunRequest(
                 job_id=job.id,
@@ -286,9 +302,12 @@ def run_container(
                 flavor=job_type.worker_flavor,
                 network=job_type.network,
                 on_line=lambda line: ctx.log(f"job {job.id} | {line}"),
+                cancel=lease.lost,
             )
         )
-        store.set_metadata(job.id, "run-container", result)
+        if lease.lost.is_set():
+            raise LeaseLost(job.id, token or "")
+        store.set_metadata(job.id, "run-container", result, lease_token=token)
     except Exception as error:  # noqa: BLE001
         return fail(ctx, outcome, S.PROCESSING, error)
     outcome = outcome.model_copy(update={"exit_code": result.exit_code})
@@ -354,6 +373,7 @@ def post_process(ctx: StepContext, job_type: JobType, outcome: StepOutcome) -> S
                 output_path=output_path,
                 outputs=outputs,
             ),
+            lease_token=token,
         )
         store.transition(
             job.id,
@@ -370,6 +390,7 @@ def post_process(ctx: StepContext, job_type: JobType, outcome: StepOutcome) -> S
         )
     except Exception as error:  # noqa: BLE001
         return fail(ctx, outcome, S.POST_PROCESSING, error)
+    keeper_for(store, ctx.settings).release(outcome.job_id, token)
     storage.remove_work_dir(Path(outcome.work_dir or ""), keep=False)
     return outcome.model_copy(update={"product_generated": generated})
 
@@ -400,12 +421,14 @@ def publish(ctx: StepContext, job_type: JobType, outcome: StepOutcome) -> StepOu
             return outcome
         outputs = [OutputFile.model_validate(o) for o in job.output_files]
         messages = job_type.publication_messages(job, outputs, job.output_path or "")
-        ids = outbox.start_publication(
-            store, job.id, [(m.product_id, m.body) for m in messages], run=ctx.run
+        # Each outbox call is safe to repeat, so a lost connection repeats it (reconnecting).
+        ids = store.reconnecting(
+            lambda: outbox.start_publication(
+                store, job.id, [(m.product_id, m.body) for m in messages], run=ctx.run
+            )
         )
-        with sink_for(ctx.settings.resolved_publication_sink, ctx.settings) as sink:
-            report = deliver_pending(store, sink, job_id=job.id, run=ctx.run)
-        delivered = outbox.finish_published(store, job.id, run=ctx.run)
+        report = store.reconnecting(_delivery(ctx, job.id))
+        delivered = store.reconnecting(lambda: outbox.finish_published(store, job.id, run=ctx.run))
         store.set_metadata(
             job.id,
             "publish",
@@ -420,6 +443,37 @@ def publish(ctx: StepContext, job_type: JobType, outcome: StepOutcome) -> StepOu
         return fail(ctx, outcome, None, error)
 
 
+def _delivery(ctx: StepContext, job_id: int) -> Callable[[], DeliveryReport]:
+    """Send the job's pending messages; a repeat after a lost connection first gives back the
+    rows the interrupted try had claimed (else they would wait out the outbox lease)."""
+    tries = 0
+
+    def deliver() -> DeliveryReport:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
+            outbox.release(ctx.store, [row.id for row in outbox.publications_of(ctx.store, job_id)])
+        with sink_for(ctx.settings.resolved_publication_sink, ctx.settings) as sink:
+            return deliver_pending(ctx.store, sink, job_id=job_id, run=ctx.run)
+
+    return deliver
+
+
+def deliver_publications(ctx: StepContext, batch: int = 500) -> list[int]:
+    """Deliver every pending publication, of any job (e.g. left pending while the broker was
+    down); returns the jobs this finished (``published -> done``)."""
+    finished: list[int] = []
+    with sink_for(ctx.settings.resolved_publication_sink, ctx.settings) as sink:
+        while True:
+            report = deliver_pending(ctx.store, sink, limit=batch, run=ctx.run)
+            finished.extend(report.finished_jobs)
+            if report.failed or report.sent < batch:
+                break
+    if finished:
+        ctx.log(f"delivered pending publications: {len(finished)} jobs finished")
+    return finished
+
+
 # --------------------------------------------------------------------------- failures, retries
 
 
@@ -429,9 +483,15 @@ def fail(
     """Record a failure on the job: ``external_error`` for transient ones (then the retry
     policy), ``internal_error`` otherwise. Returns the outcome with ``ok=False``."""
     failed = outcome.model_copy(update={"ok": False})
+    keeper_for(ctx.store, ctx.settings).release(outcome.job_id, outcome.lease_token)
     if isinstance(error, TransitionError):
         # The job is no longer ours (lease lost, or moved by someone else): write nothing.
         ctx.log(f"job {outcome.job_id}: {error}")
+        return failed
+    if connection_lost(error):
+        # Not the job's failure, and nothing can be written: once the lease expires,
+        # maintenance rescues the job (or finishes its publication).
+        ctx.log(f"job {outcome.job_id}: the job store is unreachable, left to maintenance: {error}")
         return failed
     transient = isinstance(error, ProcessingError) and error.transient
     subtype = error.subtype if isinstance(error, ProcessingError) else type(error).__name__

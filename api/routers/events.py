@@ -24,13 +24,13 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
 from api.deps import HubDep, StoreDep
-from api.errors import ERROR_RESPONSES
+from api.errors import json_error_responses
 from api.live import Wakeup
-from api.schemas import INT64_MAX, ErrorBody, OptionalText, StatusEventOut
+from api.schemas import INT64_MAX, OptionalText, StatusEventOut
 from db.notify import Notice, StatusFeed
 from db.store import JobStore
 
-router = APIRouter(tags=["events"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["events"])
 
 #: Milliseconds a browser waits before reconnecting.
 RECONNECT_MS = 1000
@@ -89,7 +89,7 @@ FeedDep = Annotated[StatusFeed, Depends(open_feed)]
             "description": "A stream of `event: status` messages; `data` is a StatusEventOut.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        404: {"model": ErrorBody, "description": "No such job."},
+        **json_error_responses({404: "No such job."}),
     },
 )
 async def stream_events(feed: FeedDep, hub: HubDep) -> AsyncIterator[ServerSentEvent]:

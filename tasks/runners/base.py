@@ -3,7 +3,9 @@ it ended; it never touches the job store (the tasks record what it reports)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +37,36 @@ class RunRequest:
     network: bool = False
     #: Receives each line the processing prints, as it prints it (e.g. into the Prefect log).
     on_line: Callable[[str], None] | None = None
+    #: Set when the worker lost the job's lease: the runner stops the processing at once.
+    cancel: threading.Event | None = None
+
+
+@contextmanager
+def stopped_on(
+    cancel: threading.Event | None, stop: Callable[[], None]
+) -> Iterator[threading.Event]:
+    """While the block runs, call ``stop`` (from a watcher thread) as soon as ``cancel`` is set;
+    yields an event telling whether it did."""
+    stopped = threading.Event()
+    if cancel is None:
+        yield stopped
+        return
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.is_set():
+            if cancel.wait(0.2) and not finished.is_set():
+                stop()
+                stopped.set()
+                return
+
+    watcher = threading.Thread(target=watch, name="jobline-run-cancel", daemon=True)
+    watcher.start()
+    try:
+        yield stopped
+    finally:
+        finished.set()
+        watcher.join()
 
 
 class RunResult(BaseModel):

@@ -9,6 +9,7 @@ timeout, and it is always removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ from docker.types import Mount
 
 from jobline.exceptions import ProcessingError
 from jobline.settings import Settings, get_settings
-from tasks.runners.base import RunRequest, RunResult
+from tasks.runners.base import RunRequest, RunResult, stopped_on
 from tasks.runners.flavors import Flavor, flavor_table, resolve_flavor
 
 #: Labels put on every job container; ``jobline.job_id`` finds a job's leftovers and orphans.
@@ -67,12 +68,23 @@ def default_container_user() -> str:
     return UNPRIVILEGED_USER if uid == 0 else f"{uid}:{os.getgid()}"
 
 
-def remove_orphan_containers(client: docker.DockerClient, keep_job_ids: Iterable[int]) -> list[str]:
+def remove_orphan_containers(
+    client: docker.DockerClient,
+    keep_job_ids: Iterable[int] | Callable[[set[int]], Iterable[int]],
+) -> list[str]:
     """Remove every jobline container whose job is not in ``keep_job_ids`` (the jobs in
-    progress); returns the names of the removed containers."""
+    progress); returns the names of the removed containers.
+
+    ``keep_job_ids`` may be a function of the listed containers' job ids, called after the
+    listing: a job that starts its container meanwhile is then not mistaken for an orphan.
+    """
+    containers = client.containers.list(all=True, filters={"label": JOB_ID_LABEL})
+    if callable(keep_job_ids):
+        labels = (container.labels.get(JOB_ID_LABEL, "") for container in containers)
+        keep_job_ids = keep_job_ids({int(label) for label in labels if label.isdigit()})
     keep = {str(job_id) for job_id in keep_job_ids}
     removed = []
-    for container in client.containers.list(all=True, filters={"label": JOB_ID_LABEL}):
+    for container in containers:
         if container.labels.get(JOB_ID_LABEL) not in keep:
             _remove_quietly(container)
             removed.append(container.name)
@@ -234,13 +246,14 @@ class DockerRunner:
         try:
             self._start(container, request)
             killer.start()
-            for line in _lines(output):
-                if request.on_line is not None:
-                    request.on_line(line)
-                tail.append(line[:MAX_TAIL_LINE])
-            exit_code = self._engine_call(
-                "wait for the container", lambda: container.wait(timeout=60)
-            )["StatusCode"]
+            with stopped_on(request.cancel, lambda: _kill_quietly(container)) as cancelled:
+                for line in _lines(output):
+                    if request.on_line is not None:
+                        request.on_line(line)
+                    tail.append(line[:MAX_TAIL_LINE])
+                exit_code = self._engine_call(
+                    "wait for the container", lambda: container.wait(timeout=60)
+                )["StatusCode"]
         finally:
             killer.stop()
             output.close()
@@ -249,6 +262,8 @@ class DockerRunner:
         oom_killed = bool(container.attrs.get("State", {}).get("OOMKilled"))
         if killer.killed:
             tail.append(f"timed out after {request.timeout:g} s: the container was killed")
+        if cancelled.is_set():
+            tail.append("stopped: the worker lost the job's lease; the container was killed")
         if oom_killed:
             tail.append(
                 f"killed: out of memory (flavor {request.flavor}: {flavor.memory_mib:g} MiB)"
@@ -329,6 +344,11 @@ def _lines(output: Iterable[bytes]) -> Iterator[str]:
         raise _engine_error("follow the container's output", error) from None
     if pending:
         yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+def _kill_quietly(container: Container) -> None:
+    with contextlib.suppress(*_ENGINE_ERRORS):  # it may have stopped on its own meanwhile
+        container.kill()
 
 
 def _remove_quietly(container: Container) -> None:

@@ -15,7 +15,7 @@ import time
 from collections import deque
 
 from jobline.exceptions import ProcessingError
-from tasks.runners.base import RunRequest, RunResult
+from tasks.runners.base import RunRequest, RunResult, stopped_on
 
 LOG_TAIL_LINES = 50
 #: Variables the subprocess inherits from jobline's environment; everything else comes from
@@ -52,12 +52,13 @@ class LocalRunner:
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         try:
             assert process.stdout is not None
-            for raw in process.stdout:
-                line = raw.rstrip("\n")
-                tail.append(line)
-                if request.on_line is not None:
-                    request.on_line(line)
-            exit_code = process.wait()
+            with stopped_on(request.cancel, lambda: _kill_group(process, None)) as cancelled:
+                for raw in process.stdout:
+                    line = raw.rstrip("\n")
+                    tail.append(line)
+                    if request.on_line is not None:
+                        request.on_line(line)
+                exit_code = process.wait()
         finally:
             timer.cancel()
             if process.poll() is None:
@@ -65,6 +66,8 @@ class LocalRunner:
                 process.wait()
         if timed_out.is_set():
             tail.append(f"timed out after {request.timeout:g} s: killed")
+        if cancelled.is_set():
+            tail.append("stopped: the worker lost the job's lease")
         return RunResult(
             runner=self.name,
             command=request.command,

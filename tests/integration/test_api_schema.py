@@ -11,6 +11,8 @@ import hypothesis
 import pytest
 import schemathesis
 
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
 from db.records import NewJob
 from db.store import JobStore
 from tests.integration.api_server import ApiServer, api_server  # noqa: F401 - fixture
@@ -23,8 +25,7 @@ EXAMPLES_PER_OPERATION = 30
 
 @pytest.fixture(scope="module")
 def api_schema(api_server: ApiServer) -> schemathesis.BaseSchema:
-    schema = schemathesis.openapi.from_url(f"{api_server.url}/openapi.json")
-    return schema.exclude(path="/events").exclude(path_regex=r"/wait$")
+    return schemathesis.openapi.from_url(f"{api_server.url}/openapi.json")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,11 @@ def some_jobs(api_schema: schemathesis.BaseSchema, pg_database_url: str) -> None
     store.engine.dispose()
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+schema = (
+    schemathesis.pytest.from_fixture("api_schema")
+    .exclude(path="/events")
+    .exclude(path_regex=r"/wait$")
+)
 
 
 @schema.parametrize()
@@ -48,4 +53,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     derandomize=True,
 )
 def test_the_api_never_answers_5xx(case: schemathesis.Case, api_server: ApiServer, some_jobs: None) -> None:
-    case.call_and_validate(headers=api_server.headers, timeout=30)
+    # Schema-valid requests may still be refused with 4xx for reasons a schema cannot say (a
+    # job type that does not import, a NUL character, a message without a status change).
+    case.call_and_validate(
+        headers=api_server.headers, timeout=30, excluded_checks=[positive_data_acceptance]
+    )

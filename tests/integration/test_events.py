@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ from tests.integration.api_server import (  # noqa: F401 - fixtures
     start_server,
     stop_server,
 )
+from tests.support.jobtypes import write_partner_module, write_products
 
 pytestmark = pytest.mark.slow
 
@@ -159,6 +161,39 @@ def test_an_aborted_change_does_not_stall_the_stream(
     events = reader.wait_until_finished(10)
     assert time.monotonic() - started < 5  # the gap is passed once its transaction ended
     assert [data["job_id"] for _, data in events] == [fast]
+
+
+def test_the_stream_follows_the_process_job_flow(
+    api_server: ApiServer,
+    pg_settings: Settings,
+    prefect_api_url: str,
+    jobline_env: Callable[[Settings], Settings],
+    tmp_path: Path,
+) -> None:
+    """The lead's ``process-job`` flow drives a real job; a client follows it live."""
+    from flows.discover import discover_jobs
+    from flows.process import process_job
+
+    settings = jobline_env(
+        pg_settings.model_copy(update={"retry_base_seconds": 0.0, "runner": "local"})
+    )
+    inputs = tmp_path / "partner-input"
+    job_type = write_partner_module(tmp_path / "partner-src", inputs, tmp_path / "outputs")
+    write_products(inputs, ["ok-followed"])
+    discover_jobs(job_type=job_type)
+    store = JobStore.from_settings(settings)
+    try:
+        (job,) = store.list_jobs().jobs
+        reader = EventReader(api_server, {"job_id": job.id}, stop_when=reached("done")).start()
+        outcome = process_job(job_id=job.id)
+        events = reader.wait_until_finished(60)
+        history = store.history(job.id)
+    finally:
+        store.engine.dispose()
+    assert outcome is not None and outcome.ok
+    assert statuses(events) == ["initialized", *HAPPY_PATH]
+    assert [event_id for event_id, _ in events] == [change.id for change in history]
+    assert all(data["flow_run_id"] for _, data in events[3:])  # claimed onwards: the flow's
 
 
 def test_bad_stream_requests_are_refused(api_server: ApiServer, pg_store: JobStore) -> None:

@@ -81,3 +81,23 @@ def write_products(input_dir: Path, names: list[str]) -> None:
         folder = input_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data.txt").write_text(f"data of {name}\n")
+
+
+def write_snow_cover_on(directory: Path, input_url: str, output_url: str, name: str) -> str:
+    """A module defining the demo job type on other storage (e.g. s3://); returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    module = f"snow_on_{name}"
+    source = f"""
+        from jobtypes.demo import SnowCover
+
+        class Remote(SnowCover):
+            name = {name!r}
+            queue = {name!r}
+            input_storage = {input_url!r}
+            output_storage = {output_url!r}
+        """
+    (directory / f"{module}.py").write_text(textwrap.dedent(source))
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    sys.modules.pop(module, None)
+    return f"{module}:Remote"

@@ -1,0 +1,16 @@
+"""``maintenance``: rescue lost and stuck jobs, expire old ones, collect metadata, remove
+orphaned containers. Deployed on an interval (prefect.yaml); ``jobline maintenance`` runs the
+same pass without Prefect."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks import lifecycle
+from tasks.maintenance import MaintenanceReport
+
+
+@flow(name="maintenance", log_prints=True)
+def maintenance() -> MaintenanceReport:
+    """One maintenance pass over the job store (see tasks/maintenance.py)."""
+    return lifecycle.maintain()

@@ -1,0 +1,373 @@
+"""Reliability end to end, against the real PostgreSQL, Docker and RabbitMQ: a killed worker, a
+restarted database, terminated connections, several workers, a slow but live worker.
+
+Every test stops by itself: subprocesses and waits have deadlines, servers are stopped in
+``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from glob import glob
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from db import maintenance, outbox
+from db.migrate import upgrade
+from db.records import JobFilter
+from db.statuses import Status, is_legal
+from db.store import JobStore
+from jobline.settings import Settings
+from tasks.maintenance import run_maintenance
+from tests.conftest import PG_SERVER_URL, missing_service
+from tests.integration.test_amqp import BROKER_URL, Broker, broker  # noqa: F401 - fixture
+from tests.prefect_server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = "reliability_jobtypes"
+SLEEPY_IMAGE = "jobline-test/sleepy:1"
+#: The first attempt sleeps long enough to be killed; the next one succeeds at once.
+SLEEPY_SCRIPT = (
+    'if [ "$JOBLINE_ATTEMPT" = 1 ]; then echo sleeping; sleep 120; fi; echo ok > output/x'
+)
+#: Records each run (job id, attempt) in a file every worker shares, then writes one output.
+QUICK_SCRIPT = (
+    'echo "$JOBLINE_JOB_ID $JOBLINE_ATTEMPT" >> "$RUNS_FILE"; sleep "$PAUSE"; '
+    "cat input/*/data.txt > output/result.txt"
+)
+#: Longest any single wait of these tests may take (seconds).
+DEADLINE = 120
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def write_job_types(directory: Path, inputs: Path, outputs: Path, runs: Path) -> None:
+    """The job types of these tests, in a module outside the repository, importable by path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    source = f"""
+        from jobtypes.base import JobType
+
+        class Sleepy(JobType):
+            name = "sleepy"
+            queue = "sleepy"
+            image = {SLEEPY_IMAGE!r}
+            command = ["/bin/sh", "-c", {SLEEPY_SCRIPT!r}]
+            runner = "docker"
+            worker_flavor = "extra_small"
+            timeout = 300
+            input_storage = "file://{inputs}/sleepy"
+            output_storage = "file://{outputs}"
+
+        class Quick(JobType):
+            name = "quick"
+            queue = "quick"
+            local_command = ["sh", "-c", {QUICK_SCRIPT!r}]
+            environment = {{"RUNS_FILE": {str(runs)!r}, "PAUSE": "0"}}
+            runner = "local"
+            timeout = 60
+            input_storage = "file://{inputs}/quick"
+            output_storage = "file://{outputs}"
+
+        class Paced(Quick):
+            name = "paced"
+            queue = "paced"
+            environment = {{"RUNS_FILE": {str(runs)!r}, "PAUSE": "0.3"}}
+            input_storage = "file://{inputs}/paced"
+        """
+    (directory / f"{MODULE}.py").write_text(textwrap.dedent(source))
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    sys.modules.pop(MODULE, None)
+
+
+def write_products(folder: Path, count: int) -> None:
+    for n in range(count):
+        product = folder / f"P{n:04d}"
+        product.mkdir(parents=True, exist_ok=True)
+        (product / "data.txt").write_text(f"data of product {n}\n")
+
+
+class Env:
+    """Where a test's job types, inputs and outputs live."""
+
+    def __init__(self, root: Path) -> None:
+        self.src, self.inputs, self.outputs = root / "src", root / "in", root / "out"
+        self.runs = root / "runs.txt"
+        write_job_types(self.src, self.inputs, self.outputs, self.runs)
+
+    def runs_per_job(self) -> Counter[int]:
+        lines = self.runs.read_text().split("\n") if self.runs.exists() else []
+        return Counter(int(line.split()[0]) for line in lines if line)
+
+
+def insert_ready(
+    settings: Settings, store: JobStore, job_type: str, count: int, env: Env
+) -> list[int]:
+    """``count`` products and their jobs, configured and ready, through the plain steps."""
+    from jobtypes.base import load_job_type
+    from tasks import steps
+
+    kind = load_job_type(job_type, settings)
+    write_products(env.inputs / kind.name, count)
+    ctx = steps.StepContext(settings=settings, store=store)
+    today = datetime.now(UTC)
+    discovery = steps.discover_inputs(ctx, kind, today - timedelta(1), today + timedelta(1))
+    inserted = steps.insert_jobs(ctx, kind, discovery).inserted
+    ready = steps.configure_jobs(ctx, kind, inserted).ready
+    assert len(ready) == count
+    return ready
+
+
+def worker_env(settings: Settings, prefect_api_url: str, env: Env) -> dict[str, str]:
+    """The environment of a worker subprocess: jobline's settings and the Prefect server."""
+    variables = {k: v for k, v in os.environ.items() if not k.startswith("JOBLINE_")}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if name == "api_token":
+            continue
+        variables[f"JOBLINE_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, dict) else str(value)
+        )
+    variables.update(
+        PREFECT_API_URL=prefect_api_url,
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PYTHONPATH=os.pathsep.join([str(env.src), str(REPO)]),
+    )
+    return variables
+
+
+def start_worker(code: str, environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, env=environment, stdout=output, stderr=output
+        )
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def statuses(store: JobStore, job_id: int) -> list[str]:
+    return [change.to_status for change in store.history(job_id)]
+
+
+def assert_legal_histories(store: JobStore, job_ids: list[int]) -> None:
+    for job_id in job_ids:
+        previous: str | None = None
+        for status in statuses(store, job_id):
+            assert is_legal(previous, status), f"job {job_id}: {previous} -> {status}"
+            previous = status
+
+
+def jobs_of(store: JobStore, job_type: str) -> dict[int, str]:
+    page = store.list_jobs(JobFilter(job_type=job_type), limit=10_000)
+    return {job.id: job.status for job in page.jobs}
+
+
+def drive_until_done(
+    settings: Settings, store: JobStore, job_type: str, expected: int, timeout: float = DEADLINE
+) -> None:
+    """What the scheduled deployments do: maintenance passes and processing runs, until every
+    job of the type is done (jobs a failure left to maintenance are rescued and run again)."""
+    from flows.process import process_jobs
+
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = jobs_of(store, job_type)
+        if len(jobs) == expected and set(jobs.values()) == {"done"}:
+            return
+        assert time.monotonic() < deadline, f"not all done: {Counter(jobs.values())}"
+        run_maintenance(settings, store)
+        if "ready" in jobs.values():
+            process_jobs(job_type=job_type, concurrency=4)
+        else:
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+@pytest.fixture
+def docker_client() -> Iterator[object]:
+    from tasks.runners.docker import docker_available
+
+    if not docker_available():
+        missing_service("no Docker engine answers")
+    import docker
+
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+def job_containers(client: object, job_id: int) -> list[object]:
+    return client.containers.list(  # type: ignore[attr-defined]
+        all=True, filters={"label": f"jobline.job_id={job_id}"}
+    )
+
+
+# ---------------------------------------------------------------------- a killed worker
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_worker_killed_mid_container_is_rescued_and_its_job_published_once(
+    pg_settings: Settings,
+    prefect_api_url: str,
+    jobline_env: Callable[[Settings], Settings],
+    docker_client: object,
+    broker: Broker,  # noqa: F811
+    env: Env,
+    tmp_path: Path,
+) -> None:
+    from tasks.runners.images import build_busybox_image
+
+    build_busybox_image(docker_client, SLEEPY_IMAGE)  # type: ignore[arg-type]
+    settings = jobline_env(
+        pg_settings.model_copy(
+            update={
+                "lease_seconds": 3.0,
+                "heartbeat_seconds": 1.0,
+                "retry_base_seconds": 0.0,
+                "publication_sink": BROKER_URL,
+                "amqp_exchange": broker.exchange,
+                "amqp_routing_key": broker.routing_key,
+            }
+        )
+    )
+    store = JobStore.from_settings(settings)
+    (job_id,) = insert_ready(settings, store, f"{MODULE}:Sleepy", 1, env)
+
+    code = f"from flows.process import process_job; process_job(job_id={job_id})"
+    worker = start_worker(code, worker_env(settings, prefect_api_url, env), tmp_path / "w.log")
+    try:
+        wait_for(
+            lambda: (
+                store.get_job(job_id, touch=False).status == "processing"
+                and any(c.status == "running" for c in job_containers(docker_client, job_id))
+            ),
+            "the worker's container to run",
+        )
+        time.sleep(2 * settings.heartbeat_seconds)  # the lease is being renewed meanwhile
+        assert maintenance.rescue_lost(store, store.clock()) == [], "a live worker keeps its job"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    (orphan,) = job_containers(docker_client, job_id)
+    assert orphan.status == "running", "the container outlives its killed worker"
+
+    wait_for(lambda: job_id in maintenance.expired_leases(store, store.clock()), "lease expiry")
+    report = run_maintenance(settings, store)
+
+    assert report.rescued == [job_id]
+    assert report.containers_removed == [orphan.name]
+    assert job_containers(docker_client, job_id) == []
+    assert store.get_job(job_id).status == "ready"
+
+    from flows.process import process_job
+
+    outcome = process_job(job_id=job_id)
+
+    assert outcome is not None and outcome.ok
+    job = store.get_job(job_id)
+    assert (job.status, job.attempts) == ("done", 2)
+    history = store.history(job_id)
+    lost = next(change for change in history if change.to_status == "internal_error")
+    assert lost.error_class == maintenance.WORKER_LOST
+    assert (lost.message or "").startswith("worker lost: ")
+    assert [c.to_status for c in history].count("processing") == 2
+    assert_legal_histories(store, [job_id])
+    received = broker.drain()
+    rows = outbox.publications_of(store, job_id)
+    assert len(rows) == 1 and rows[0].status == "sent"
+    assert [props.message_id for props, _body in received] == [rows[0].message_id], (
+        "exactly one message per product"
+    )
+    assert job_containers(docker_client, job_id) == []
+
+
+# ------------------------------------------------------------------- a slow, live worker
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_slow_live_worker_is_not_rescued_and_a_stalled_one_cannot_write(
+    pg_settings: Settings, env: Env
+) -> None:
+    """Real time: 1 s leases renewed every 0.25 s by the lease keeper, maintenance every 0.2 s."""
+    from jobtypes.base import load_job_type
+    from tasks import steps
+    from tasks.heartbeat import keeper_for
+    from tasks.runners.local import LocalRunner
+
+    settings = pg_settings.model_copy(
+        update={"lease_seconds": 1.0, "heartbeat_seconds": 0.25, "retry_base_seconds": 0.0}
+    )
+    store = JobStore.from_settings(settings)
+    live, stalled = insert_ready(settings, store, f"{MODULE}:Paced", 2, env)
+    kind = load_job_type(f"{MODULE}:Paced", settings)
+    slow = kind.local_command
+    ctx = steps.StepContext(settings=settings, store=store)
+    stop = threading.Event()
+    rescued: list[int] = []
+
+    def maintain() -> None:
+        while not stop.wait(0.2):
+            rescued.extend(maintenance.rescue_lost(store, store.clock()))
+
+    sweeper = threading.Thread(target=maintain)
+    sweeper.start()
+    try:
+        kind.local_command = ["sh", "-c", "sleep 3; echo ok > output/x"]  # 3 leases long
+        claimed = {job.job_id: job for job in steps.claim_jobs(ctx, kind, 2)}
+        outcome = steps.pre_process(ctx, kind, claimed[live])
+        outcome = steps.run_container(ctx, kind, outcome, LocalRunner())
+        outcome = steps.publish(ctx, kind, steps.post_process(ctx, kind, outcome))
+        assert outcome.ok
+        assert store.get_job(live).status == "done"
+
+        # The other worker stalls: its keeper stops renewing, and its lease runs out.
+        kind.local_command = ["sh", "-c", "sleep 30"]
+        stalled_outcome = steps.pre_process(ctx, kind, claimed[stalled])
+        keeper_for(store, settings).release(stalled)
+        wait_for(lambda: stalled in rescued, "the stalled job's rescue", timeout=10)
+        keeper_for(store, settings).hold(stalled, claimed[stalled].lease_token)  # it wakes up
+        began = time.monotonic()
+        after = steps.run_container(ctx, kind, stalled_outcome, LocalRunner())
+    finally:
+        stop.set()
+        sweeper.join(10)
+        kind.local_command = slow
+
+    assert live not in rescued
+    assert "internal_error" not in statuses(store, live)
+    assert not after.ok
+    assert time.monotonic() - began < 10, "the lost lease stopped the processing"
+    job = store.get_job(stalled)
+    assert job.status in ("ready", "queued"), "the stalled worker wrote nothing after the rescue"
+    assert statuses(store, stalled)[-3:] == ["internal_error", "error_checked", "ready"]
+    assert "run-container" not in store.list_metadata(stalled)
+    assert_legal_histories(store, [live, stalled])
