@@ -69,6 +69,22 @@ class Status(StrEnum):
 S = Status
 STATUS_IDS: dict[Status, int] = {status: number for number, status in enumerate(Status, start=1)}
 
+#: The lifecycle of a job that succeeds at its first attempt and publishes its products.
+HAPPY_PATH: tuple[Status, ...] = (
+    S.INITIALIZED,
+    S.CONFIGURED,
+    S.READY,
+    S.QUEUED,
+    S.STARTED,
+    S.PRE_PROCESSING,
+    S.PROCESSING,
+    S.POST_PROCESSING,
+    S.PROCESSED,
+    S.START_PUBLICATION,
+    S.PUBLISHED,
+    S.DONE,
+)
+
 #: Statuses a brand-new job may be inserted with.
 INITIAL: frozenset[Status] = frozenset({S.INITIALIZED, S.CANCELLED})
 

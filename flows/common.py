@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 from prefect.artifacts import (
@@ -14,7 +13,6 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from jobline.settings import get_settings
 from tasks import lifecycle
 from tasks.results import ClaimedJob, StepOutcome
 
@@ -59,18 +57,17 @@ def process_ready_jobs(
             limit = min(max(concurrency * 4, 16), max_jobs - summary.processed)
             claimed = lifecycle.claim_jobs(job_type, limit)
             if not claimed:
-                if not _wait_for_retry(job_type):
+                if not lifecycle.wait_for_retry(job_type, RETRY_WAIT_LIMIT_SECONDS):
                     break
                 continue
             outcomes = [_submit_job(task_runner, job_type, job, runner) for job in claimed]
+            # The total is only known batch by batch: jobs finished of those claimed so far.
+            planned = summary.processed + len(claimed)
             for future in as_completed(outcomes):
                 summary.processed += 1
                 summary.succeeded += bool(future.result().ok)
                 update_progress_artifact(
-                    artifact_id=progress_id,
-                    progress=100.0 * summary.processed / max(summary.processed, max_jobs, 1)
-                    if max_jobs < 10**9
-                    else 100.0,
+                    artifact_id=progress_id, progress=100.0 * summary.processed / planned
                 )
             lifecycle.configure_batch(job_type, [])
     lifecycle.deliver_publications()
@@ -87,20 +84,6 @@ def _submit_job(
     )
     posted = task_runner.submit(lifecycle.post_process, {"job_type": job_type, "outcome": ran})
     return task_runner.submit(lifecycle.publish, {"job_type": job_type, "outcome": posted})
-
-
-def _wait_for_retry(job_type: str) -> bool:
-    """Sleep until the next retry of this job type is due, if that is soon; False otherwise."""
-    kind = lifecycle.job_type_for(job_type)
-    store = lifecycle.store_for(get_settings())
-    due = store.earliest_retry(kind.queue, job_type)
-    if due is None:
-        return False
-    delay = (due - store.clock()).total_seconds()
-    if delay > RETRY_WAIT_LIMIT_SECONDS:
-        return False
-    time.sleep(max(delay, 0.0) + 0.05)
-    return True
 
 
 def report(job_type: str, summary: PipelineSummary) -> PipelineSummary:

@@ -88,6 +88,12 @@ def claim_one(job_id: int) -> tuple[str, ClaimedJob] | None:
     return steps.claim_one(step_context(), job_id)
 
 
+@task(name="wait-for-retry", cache_policy=NO_CACHE)
+def wait_for_retry(job_type: str, limit_seconds: float) -> bool:
+    """Wait for the next retry of the job type when it is due within the limit."""
+    return steps.wait_for_retry(step_context(), job_type_for(job_type), limit_seconds)
+
+
 @task(name="pre-process", task_run_name="pre-process job {claimed.job_id}", cache_policy=NO_CACHE)
 def pre_process(job_type: str, claimed: ClaimedJob) -> StepOutcome:
     """Stage the job's inputs into its work dir."""

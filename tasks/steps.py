@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -224,6 +225,19 @@ def claim_one(ctx: StepContext, job_id: int) -> tuple[str, ClaimedJob] | None:
     claimed = ClaimedJob(job_id=job.id, lease_token=jobs[0].lease_token or "")
     _hold_queued(ctx, [claimed])
     return job.job_type, claimed
+
+
+def wait_for_retry(ctx: StepContext, job_type: JobType, limit_seconds: float) -> bool:
+    """Sleep until the job type's next retry is due, if that is within ``limit_seconds``;
+    False (at once) when no retry is waiting that soon."""
+    due = ctx.store.earliest_retry(job_type.queue, job_type.import_path())
+    if due is None:
+        return False
+    delay = (due - ctx.now()).total_seconds()
+    if delay > limit_seconds:
+        return False
+    time.sleep(max(delay, 0.0) + 0.05)
+    return True
 
 
 # --------------------------------------------------------------------------- one job's steps

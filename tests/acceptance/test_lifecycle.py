@@ -8,25 +8,13 @@ from pathlib import Path
 import pytest
 
 from db.records import JobFilter
+from db.statuses import HAPPY_PATH as STATUS_HAPPY_PATH
 from db.store import JobStore
 from jobline.settings import Settings
 from tasks.results import METADATA_KEYS
 from tests.support.jobtypes import write_partner_module, write_products
 
-HAPPY_PATH = [
-    "initialized",
-    "configured",
-    "ready",
-    "queued",
-    "started",
-    "pre_processing",
-    "processing",
-    "post_processing",
-    "processed",
-    "start_publication",
-    "published",
-    "done",
-]
+HAPPY_PATH = [status.value for status in STATUS_HAPPY_PATH]
 
 
 @pytest.fixture

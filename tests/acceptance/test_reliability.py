@@ -7,6 +7,7 @@ Every test stops by itself: subprocesses and waits have deadlines, servers are s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -21,7 +22,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from glob import glob
 from pathlib import Path
 
 import pytest
@@ -30,11 +30,11 @@ from sqlalchemy import create_engine, text
 from db import maintenance, outbox
 from db.migrate import upgrade
 from db.records import JobFilter
-from db.statuses import Status, is_legal
+from db.statuses import is_legal
 from db.store import JobStore
 from jobline.settings import Settings
 from tasks.maintenance import run_maintenance
-from tests.conftest import PG_SERVER_URL, missing_service
+from tests.conftest import missing_service
 from tests.integration.test_amqp import BROKER_URL, Broker, broker  # noqa: F401 - fixture
 from tests.prefect_server import free_port
 
@@ -176,6 +176,15 @@ def assert_legal_histories(store: JobStore, job_ids: list[int]) -> None:
         for status in statuses(store, job_id):
             assert is_legal(previous, status), f"job {job_id}: {previous} -> {status}"
             previous = status
+
+
+def detours(store: JobStore, job_ids: list[int]) -> Counter[str]:
+    """How often the jobs left the happy path, by status (printed: shown when a test fails)."""
+    counts: Counter[str] = Counter()
+    for job_id in job_ids:
+        counts.update(s for s in statuses(store, job_id) if s.endswith("error") or s == "cancelled")
+    print(f"detours of {len(job_ids)} jobs: {dict(counts) or 'none'}")
+    return counts
 
 
 def jobs_of(store: JobStore, job_type: str) -> dict[int, str]:
@@ -371,3 +380,264 @@ def test_a_slow_live_worker_is_not_rescued_and_a_stalled_one_cannot_write(
     assert statuses(store, stalled)[-3:] == ["internal_error", "error_checked", "ready"]
     assert "run-container" not in store.list_metadata(stalled)
     assert_legal_histories(store, [live, stalled])
+
+
+# --------------------------------------------------------------- the database goes away
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb in a temporary directory, a free port):
+    restarting it disturbs neither the session's Prefect server nor anything else on the
+    machine's main server."""
+
+    def __init__(self, bindir: Path, root: Path, user: str | None) -> None:
+        self.bindir, self.data, self.user = bindir, root / "data", user
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/jobline"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            check=True,
+            capture_output=True,
+            timeout=90,
+            user=self.user,
+        )
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        self.start()
+        admin = create_engine(
+            self.url.replace("/jobline", "/postgres"), isolation_level="AUTOCOMMIT"
+        )
+        with admin.connect() as connection:
+            connection.execute(text("CREATE DATABASE jobline"))
+        admin.dispose()
+
+    def start(self) -> None:
+        options = (
+            f"-c port={self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.data} -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off"
+        )
+        log = str(self.data / "server.log")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", "60", "start"
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+
+def _postgres_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    try:
+        bindir = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(bindir) if (Path(bindir) / "pg_ctl").exists() else None
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    bindir = _postgres_bindir()
+    if bindir is None or not (bindir / "initdb").exists():
+        missing_service("the PostgreSQL server programs (initdb, pg_ctl) are not installed")
+    user = None
+    root = Path(tempfile.mkdtemp(prefix="jobline-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            missing_service("running as root, and there is no postgres user to run a server")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        user = "postgres"
+    server = PrivatePostgres(bindir, root, user)
+    try:
+        server.init()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):  # it was not running
+            server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def when_jobs_done(
+    store: JobStore, job_type: str, count: int, action: Callable[[], None]
+) -> threading.Thread:
+    """Run ``action`` in a thread once ``count`` jobs of the type are done."""
+
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            done = sum(status == "done" for status in jobs_of(store, job_type).values())
+            if done >= count:
+                action()
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_job_ends_done_when_postgresql_restarts_mid_run(
+    private_postgres: PrivatePostgres,
+    prefect_api_url: str,
+    jobline_env: Callable[[Settings], Settings],
+    env: Env,
+    tmp_path: Path,
+) -> None:
+    from flows.pipeline import run_pipeline
+
+    job_type, count = f"{MODULE}:Paced", 50
+    settings = jobline_env(
+        Settings(
+            database_url=private_postgres.url,
+            data_dir=tmp_path / "data",
+            retry_base_seconds=0.0,
+            lease_seconds=10.0,
+            heartbeat_seconds=2.0,
+        )
+    )
+    upgrade(settings)
+    write_products(env.inputs / "paced", count)
+    observer = JobStore.from_settings(settings, reconnect_seconds=60)
+    done_at_restart: list[int] = []
+
+    def restart() -> None:
+        done_at_restart.append(sum(s == "done" for s in jobs_of(observer, job_type).values()))
+        private_postgres.stop("fast")  # every connection is closed
+        time.sleep(2)
+        private_postgres.start()
+
+    restarter = when_jobs_done(observer, job_type, 10, restart)
+    try:
+        run_pipeline(job_type=job_type, concurrency=4)
+    finally:
+        restarter.join(DEADLINE)
+    drive_until_done(settings, observer, job_type, count)
+
+    assert done_at_restart and 10 <= done_at_restart[0] < count, "restarted mid-run"
+    assert_legal_histories(observer, list(jobs_of(observer, job_type)))
+    detours(observer, list(jobs_of(observer, job_type)))
+    observer.engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_job_ends_done_when_its_connections_are_terminated_repeatedly(
+    pg_settings: Settings,
+    prefect_api_url: str,
+    jobline_env: Callable[[Settings], Settings],
+    env: Env,
+) -> None:
+    from flows.pipeline import run_pipeline
+
+    job_type, count = f"{MODULE}:Paced", 50
+    settings = jobline_env(
+        pg_settings.model_copy(
+            update={"retry_base_seconds": 0.0, "lease_seconds": 10.0, "heartbeat_seconds": 2.0}
+        )
+    )
+    write_products(env.inputs / "paced", count)
+    observer = JobStore.from_settings(settings, reconnect_seconds=60)
+    admin = create_engine(pg_settings.resolved_database_url, isolation_level="AUTOCOMMIT")
+    stop, terminated = threading.Event(), []
+
+    def terminate_repeatedly() -> None:
+        with admin.connect() as connection:
+            while not stop.wait(0.3):
+                killed = connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = 'jobline' AND datname = current_database() "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                ).scalar()
+                terminated.append(killed or 0)
+
+    killer = when_jobs_done(observer, job_type, 1, terminate_repeatedly)
+    try:
+        run_pipeline(job_type=job_type, concurrency=4)
+    finally:
+        stop.set()
+        killer.join(DEADLINE)
+        admin.dispose()
+    drive_until_done(settings, observer, job_type, count)
+
+    assert sum(1 for killed in terminated if killed) >= 5, f"terminations: {terminated}"
+    assert_legal_histories(observer, list(jobs_of(observer, job_type)))
+    detours(observer, list(jobs_of(observer, job_type)))
+    observer.engine.dispose()
+
+
+# ----------------------------------------------------------------------- several workers
+
+
+def process_with_steps(job_type: str, concurrency: int = 4) -> None:
+    """A worker process without the flow engine: what ``process-jobs`` does (claim a batch,
+    take each job through its steps, ``concurrency`` at a time, until none is ready), calling
+    the steps directly. Run by the several-workers test in subprocesses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobline.settings import get_settings
+    from jobtypes.base import load_job_type
+    from tasks import steps
+    from tasks.runners.local import LocalRunner
+
+    settings = get_settings()
+    store = JobStore.from_settings(settings, reconnect_seconds=settings.db_reconnect_seconds)
+    ctx = steps.StepContext(settings=settings, store=store)
+    kind = load_job_type(job_type, settings)
+
+    def one_job(claimed: object) -> bool:
+        outcome = steps.pre_process(ctx, kind, claimed)  # type: ignore[arg-type]
+        outcome = steps.run_container(ctx, kind, outcome, LocalRunner())
+        return steps.publish(ctx, kind, steps.post_process(ctx, kind, outcome)).ok
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        while claimed := steps.claim_jobs(ctx, kind, concurrency * 4):
+            assert all(pool.map(one_job, claimed))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_three_worker_processes_share_300_jobs_and_run_each_once(
+    pg_settings: Settings, env: Env, tmp_path: Path
+) -> None:
+    job_type, count = f"{MODULE}:Quick", 300
+    settings = pg_settings.model_copy(update={"retry_base_seconds": 0.0})
+    store = JobStore.from_settings(settings)
+    job_ids = insert_ready(settings, store, job_type, count, env)
+    code = f"from {__name__} import process_with_steps; process_with_steps({job_type!r})"
+    environment = worker_env(settings, "", env)
+    workers = [start_worker(code, environment, tmp_path / f"worker-{n}.log") for n in range(3)]
+    try:
+        for worker in workers:
+            worker.wait(timeout=240)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    logs = [(tmp_path / f"worker-{n}.log").read_text()[-2000:] for n in range(3)]
+    assert [worker.returncode for worker in workers] == [0, 0, 0], logs
+
+    jobs = store.get_jobs(job_ids)
+    assert {job.status for job in jobs} == {"done"}
+    assert {job.attempts for job in jobs} == {1}
+    runs = env.runs_per_job()
+    assert set(runs) == set(job_ids) and set(runs.values()) == {1}, "each job ran exactly once"
+    started_by: Counter[str] = Counter()
+    for job_id in job_ids:
+        history = store.history(job_id)
+        assert [c.to_status for c in history].count("processing") == 1
+        started_by.update(c.worker or "" for c in history if c.to_status == "started")
+    assert len(started_by) == 3, f"every worker took a share: {started_by}"
+    assert_legal_histories(store, job_ids)
