@@ -1,6 +1,6 @@
 """The FastAPI application: routers, error handlers, the body size limit and the token check.
 
-    uvicorn --factory api.app:app_from_environment     # or: jobline api
+Serve it with ``jobline api``, or ``uvicorn --factory api.app:app_from_environment``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The scratch PostgreSQL database a benchmark run works in, and the facts of the machine it ran on."""
+"""The scratch PostgreSQL database a benchmark run works in, and the machine it ran on."""
 
 from __future__ import annotations
 

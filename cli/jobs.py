@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import TypeAdapter
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from api.schemas import HistoryEntry, JobOut, JobPage, MetadataOut, WaitResult
 from db.records import JobFilter
@@ -62,6 +62,12 @@ def _print_json(value: Any, adapter: TypeAdapter[Any] | None = None) -> None:
 def _styled(status: str) -> str:
     style = PHASE_STYLE[Status(status).phase]
     return f"[{style}]{status}[/]" if style else status
+
+
+def _table(*headers: str) -> Table:
+    """A table whose id and status columns never wrap (free text does)."""
+    keep = {"id", "status", "from", "to", "attempts"}
+    return Table(*(Column(h, no_wrap=h in keep) for h in headers))
 
 
 def _when(value: datetime | None) -> str:
@@ -121,7 +127,7 @@ def _show_page(page: JobPage, as_json: bool) -> None:
     if as_json:
         _print_json(page)
         return
-    table = Table("id", "job type", "product", "tile", "status", "attempts", "changed (UTC)")
+    table = _table("id", "job type", "product", "tile", "status", "attempts", "changed (UTC)")
     for job in page.jobs:
         table.add_row(
             str(job.id),
@@ -166,7 +172,7 @@ def history(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(changes, TypeAdapter(list[HistoryEntry]))
         return
-    table = Table("id", "changed (UTC)", "from", "to", "attempt", "worker", "message")
+    table = _table("id", "changed (UTC)", "from", "to", "attempt", "worker", "message")
     for change in changes:
         table.add_row(
             str(change.id),
@@ -200,7 +206,7 @@ def metadata(
     if as_json:
         _print_json(rows, TypeAdapter(list[MetadataOut]))
         return
-    table = Table("key", "model", "updated (UTC)", "document")
+    table = _table("key", "model", "updated (UTC)", "document")
     for row in rows:
         table.add_row(row.key, row.model, _when(row.updated_at), _short(json.dumps(row.document)))
     console.print(table)

@@ -1,6 +1,7 @@
 """The ``jobline`` command: operators' entry point.
 
-Exit codes scripts can rely on: 0 ok, 1 a job failed (when waiting), 2 usage error or not found.
+Exit codes scripts can rely on: 0 ok, 1 a job failed (when waiting), 2 usage error or not found,
+3 a wait timed out.
 """
 
 from __future__ import annotations

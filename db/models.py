@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -57,6 +58,11 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: Predicates of the partial indexes on ``jobs``.
+READY_ONLY = "status = 'ready'"
+LEASED_ONLY = "lease_expires_at IS NOT NULL"
 
 
 def sql_list(values: set[Status] | frozenset[Status] | list[Status]) -> str:
@@ -120,17 +126,48 @@ class Job(Base):
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
         CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
         Index("ix_jobs_type_status", "job_type", "status"),
-        Index("ix_jobs_claim", "queue", "status", "priority", "id"),
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_product_id", "product_id"),
         Index("ix_jobs_tile_date", "tile_id", "input_publication_date"),
         Index("ix_jobs_created_id", "created_at", "id"),
-        Index("ix_jobs_lease", "status", "lease_expires_at"),
+        # Only jobs holding a lease, for the sweep of expired leases (migration 0004).
+        Index(
+            "ix_jobs_lease",
+            "lease_expires_at",
+            postgresql_where=text(LEASED_ONLY),
+            sqlite_where=text(LEASED_ONLY),
+        ),
     )
 
     @property
     def key_hex(self) -> str:
         return self.job_key.hex()
+
+
+# Only ready jobs, in claim order: a transition elsewhere adds no entry (migration 0004).
+Index(
+    "ix_jobs_claim",
+    Job.queue,
+    Job.priority.desc(),
+    Job.id,
+    postgresql_where=text(READY_ONLY),
+    sqlite_where=text(READY_ONLY),
+)
+
+
+class JobCount(Base):
+    """Changes of the number of jobs per (job type, status), appended by triggers on ``jobs``
+    (PostgreSQL, migration 0004): the counts are the sums, so ``count_by_type_status`` reads a few
+    rows instead of every job. Writers only append (no row is shared between transactions);
+    :meth:`db.store.JobStore.count_by_type_status` folds the rows into one per pair now and then.
+    """
+
+    __tablename__ = "job_counts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_type: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(32))
+    jobs: Mapped[int] = mapped_column(BigInteger)
 
 
 class JobStatusChange(Base):

@@ -18,6 +18,7 @@ or ``gap_timeout`` seconds have passed. SQLite serialises writers, so its ids co
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -152,6 +153,7 @@ class NoticeHub:
         self.poll_interval = poll_interval
         self.step = step
         self._subscribers: dict[int, Callable[[Notice], None]] = {}
+        self._tokens = itertools.count()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -169,8 +171,8 @@ class NoticeHub:
 
     def subscribe(self, callback: Callable[[Notice], None]) -> Callable[[], None]:
         """Call ``callback`` with every notice from now on; returns the unsubscribe function."""
-        token = id(callback)
         with self._lock:
+            token = next(self._tokens)
             self._subscribers[token] = callback
 
         def unsubscribe() -> None:
@@ -185,7 +187,7 @@ class NoticeHub:
         for callback in callbacks:
             try:
                 callback(notice)
-            except Exception:  # noqa: BLE001 - one broken subscriber must not stop the others
+            except Exception:  # one broken subscriber must not stop the others
                 log.exception("a status notice subscriber failed")
 
     def _run(self) -> None:
@@ -232,10 +234,14 @@ _IDS_AFTER = text(
     "SELECT pg_current_snapshot()::text AS snapshot, ARRAY("
     "SELECT id FROM job_status_changes WHERE id > :cursor ORDER BY id LIMIT :limit) AS ids"
 )
-#: Whether any transaction that was running in a snapshot is running still.
+#: Whether a transaction of this database that was running in a snapshot is running still.
+#: (Snapshots list the whole server's transactions; other databases' cannot hold our ids.
+#: ``backend_xid`` is a 32-bit xid, the snapshot's are 64-bit: compare without the epoch.)
 _STILL_RUNNING = text(
-    "SELECT EXISTS (SELECT 1 FROM pg_snapshot_xip(CAST(:snapshot AS pg_snapshot)) AS x "
-    "WHERE pg_xact_status(x) = 'in progress')"
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity AS a "
+    "JOIN pg_snapshot_xip(CAST(:snapshot AS pg_snapshot)) AS x "
+    "ON a.backend_xid::text::bigint = x::text::bigint % 4294967296 "
+    "WHERE a.datname = current_database())"
 )
 #: The ids after a cursor (SQLite: ids commit in order, no gap can be filled later).
 _IDS_AFTER_SQLITE = text(

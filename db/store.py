@@ -15,18 +15,35 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, Select, delete, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Row,
+    Select,
+    Update,
+    any_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 
 from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
-from db.models import Job, JobMetadata, JobStatusChange, Meta, UtcDateTime, sql_list
+from db.models import Job, JobCount, JobMetadata, JobStatusChange, Meta, UtcDateTime, sql_list
 from db.records import BatchResult, InsertResult, JobFilter, NewJob, Page, RunIds
 from db.statuses import INITIAL, LEASED, TERMINAL, Status, is_legal
 from jobline.exceptions import (
@@ -51,6 +68,8 @@ INSERT_CHUNK = 2_000
 ARRAY_CHUNK = 25_000
 #: Above this many rows, a bulk statement gets more working memory for its transaction.
 BIG_BATCH = 5_000
+#: ``job_counts`` rows (by id span) above which counting folds them first (see migration 0004).
+COUNT_ROWS_TO_FOLD = 2_000
 #: Columns a transition may set besides the status and its context.
 TRANSITION_FIELDS = frozenset(
     {
@@ -99,6 +118,7 @@ class JobStore:
         self.clock = clock
         self.reconnect_seconds = reconnect_seconds
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def reconnecting(self, call: Callable[[], T]) -> T:
         """``call()`` (whole transactions, safe to repeat), run again while the database
@@ -259,20 +279,18 @@ class JobStore:
         :class:`JobNotFound`; in every case nothing is written.
         """
         target, expected = self._check_edge(job_id, to, expected_from)
-        assignments = self._assignments(
-            target, message, error_class, error_subtype, run, count_attempt, values
+        shape = _TransitionShape.of(
+            target, error_class, count_attempt, values, lease_token is not None, many=False
         )
-        conditions = [Job.id == job_id, Job.status.in_(expected)]
-        if lease_token is not None:
-            conditions.append(Job.lease_token == lease_token)
-        with self.session() as session:
-            job = session.scalars(
-                update(Job).where(*conditions).values(**assignments).returning(Job),
-                execution_options={"synchronize_session": False},
-            ).one_or_none()
-            if job is None:
-                raise self._why_unchanged(session, job_id, expected, target, lease_token)
-            return job
+        params = self._transition_params(
+            target, expected, message, error_class, error_subtype, run, values
+        )
+        params.update(b_job_id=job_id, b_lease_token=lease_token)
+        with self._one_statement() as connection:
+            row = connection.execute(_transition_statement(shape), params).first()
+            if row is None:
+                raise self._why_unchanged(connection, job_id, expected, target, lease_token)
+        return _detached_job(row)
 
     def transition_many(
         self,
@@ -289,22 +307,70 @@ class JobStore:
     ) -> BatchResult:
         """Move many jobs in one UPDATE; jobs not in an expected status are reported, not moved."""
         target, expected = self._check_edge(None, to, expected_from)
-        assignments = self._assignments(
-            target, message, error_class, error_subtype, run, count_attempt, values
+        shape = _TransitionShape.of(target, error_class, count_attempt, values, False, many=True)
+        statement = _transition_statement(shape, self.dialect == "postgresql")
+        params = self._transition_params(
+            target, expected, message, error_class, error_subtype, run, values
         )
+        chunk = ARRAY_CHUNK if self.dialect == "postgresql" else INSERT_CHUNK
         changed: list[int] = []
-        with self.session() as session:
-            for start in range(0, len(job_ids), INSERT_CHUNK):
-                ids = list(job_ids[start : start + INSERT_CHUNK])
-                result = session.execute(
-                    update(Job.__table__)
-                    .where(Job.__table__.c.id.in_(ids), Job.__table__.c.status.in_(expected))
-                    .values(**assignments)
-                    .returning(Job.__table__.c.id)
+        # One chunk is one statement: on PostgreSQL it commits by itself (no BEGIN, no COMMIT).
+        batches = self._one_statement() if len(job_ids) <= chunk else self._transaction()
+        with batches as connection:
+            for start in range(0, len(job_ids), chunk):
+                ids = list(job_ids[start : start + chunk])
+                changed.extend(
+                    connection.execute(statement, {**params, "b_job_ids": ids}).scalars()
                 )
-                changed.extend(result.scalars())
         moved = set(changed)
         return BatchResult(changed=changed, unchanged=[i for i in job_ids if i not in moved])
+
+    @contextmanager
+    def _one_statement(self) -> Iterator[Connection]:
+        """A connection for work that is one statement: on PostgreSQL in autocommit mode, so the
+        statement is its own transaction and costs one round trip instead of three (BEGIN,
+        statement, COMMIT); elsewhere a transaction committed on success."""
+        if self.dialect != "postgresql":
+            with self._transaction() as connection:
+                yield connection
+            return
+        with self._autocommit.connect() as connection, _translate_guard_errors():
+            yield connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A connection in one transaction, committed on success; guard errors translated."""
+        with self.engine.begin() as connection, _translate_guard_errors():
+            yield connection
+
+    def _transition_params(
+        self,
+        target: Status,
+        expected: tuple[Status, ...],
+        message: str | None,
+        error_class: str | None,
+        error_subtype: str | None,
+        run: RunIds | None,
+        values: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The bound values of :func:`_transition_statement` (the job ids apart)."""
+        unknown = set(values or {}) - TRANSITION_FIELDS
+        if unknown:
+            raise ValueError(
+                f"values: a transition cannot set {sorted(unknown)}; "
+                f"allowed are {sorted(TRANSITION_FIELDS)}"
+            )
+        return {
+            "b_to": target.value,
+            "b_expected": [status.value for status in expected],
+            "b_now": self.clock(),
+            "b_message": message,
+            "b_error_class": error_class,
+            "b_error_subtype": error_subtype,
+            "b_flow_run_id": run.flow_run_id if run else None,
+            "b_task_run_id": run.task_run_id if run else None,
+            **{f"b_value_{key}": value for key, value in (values or {}).items()},
+        }
 
     @staticmethod
     def _check_edge(
@@ -359,7 +425,7 @@ class JobStore:
 
     def _why_unchanged(
         self,
-        session: Session,
+        session: Session | Connection,
         job_id: int,
         expected: tuple[Status, ...],
         target: Status,
@@ -421,41 +487,24 @@ class JobStore:
         if limit <= 0:
             return []
         now = self.clock()
-        candidates = (
-            select(Job.id)
-            .where(
-                Job.queue == queue,
-                Job.status == Status.READY.value,
-                or_(Job.retry_at.is_(None), Job.retry_at <= now),
-            )
-            .order_by(Job.priority.desc(), Job.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+        statement = _claim_statement(
+            job_type is not None, job_ids is not None, self.dialect == "postgresql"
         )
-        if job_type is not None:
-            candidates = candidates.where(Job.job_type == job_type)
-        if job_ids is not None:
-            candidates = candidates.where(Job.id.in_(list(job_ids)))
-        # A CTE, not a subquery in WHERE: SQLAlchemy would correlate a subquery on ``jobs`` with the
-        # UPDATE's own ``jobs`` and the LIMIT would apply per row.
-        claimable = candidates.cte("claimable")
-        assignments = self._assignments(
-            Status.QUEUED, f"claimed by {worker}", None, None, run, False, None
-        )
-        assignments.update(
-            worker=worker,
-            lease_token=uuid.uuid4().hex,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            claimed_at=now,
-        )
-        with self.session() as session:
-            jobs = session.scalars(
-                update(Job)
-                .where(Job.id.in_(select(claimable.c.id)), Job.status == Status.READY.value)
-                .values(**assignments)
-                .returning(Job),
-                execution_options={"synchronize_session": False},
-            ).all()
+        params = {
+            "b_queue": queue,
+            "b_limit": limit,
+            "b_job_type": job_type,
+            "b_job_ids": list(job_ids) if job_ids is not None else None,
+            "b_now": now,
+            "b_message": f"claimed by {worker}",
+            "b_flow_run_id": run.flow_run_id if run else None,
+            "b_task_run_id": run.task_run_id if run else None,
+            "b_worker": worker,
+            "b_lease_token": uuid.uuid4().hex,
+            "b_lease_expires_at": now + timedelta(seconds=lease_seconds),
+        }
+        with self._one_statement() as connection:
+            jobs = [_detached_job(row) for row in connection.execute(statement, params)]
         return sorted(jobs, key=lambda job: (-job.priority, job.id))
 
     def earliest_retry(self, queue: str, job_type: str | None = None) -> datetime | None:
@@ -571,8 +620,10 @@ class JobStore:
             row = session.get(JobMetadata, (job_id, key))
         if row is None:
             raise MetadataNotFound(job_id, key)
+        # A document with fields the model lacks was written by another model, unless the
+        # model takes any field.
         extra = set(row.value) - set(model.model_fields)
-        if extra:
+        if extra and model.model_config.get("extra") != "allow":
             raise MetadataModelMismatch(
                 job_id, key, model_name(model), row.model, f"unknown fields {sorted(extra)}"
             )
@@ -661,12 +712,38 @@ class JobStore:
         return Page(jobs=jobs, next_cursor=jobs[-1].id if more else None)
 
     def count_by_type_status(self, filters: JobFilter | None = None) -> dict[tuple[str, str], int]:
-        """Number of jobs per (job type, status)."""
-        statement = _filtered(
-            select(Job.job_type, Job.status, func.count()), filters or JobFilter()
-        ).group_by(Job.job_type, Job.status)
+        """Number of jobs per (job type, status).
+
+        On PostgreSQL, unless filtered by more than job type and statuses, the answer comes from
+        ``job_counts`` (kept by the database's triggers: a few rows, whatever the number of jobs),
+        whose rows are first folded into one per pair when more than ``COUNT_ROWS_TO_FOLD``
+        piled up; otherwise a ``GROUP BY`` over the jobs.
+        """
+        filters = filters or JobFilter()
+        if self.dialect == "postgresql" and _counted_by_the_database(filters):
+            return self._counts_from_job_counts(filters)
+        statement = _filtered(select(Job.job_type, Job.status, func.count()), filters).group_by(
+            Job.job_type, Job.status
+        )
         with self.session() as session:
             return {(t, s): n for t, s, n in session.execute(statement)}
+
+    def _counts_from_job_counts(self, filters: JobFilter) -> dict[tuple[str, str], int]:
+        table = JobCount.__table__.c
+        statement = select(table.job_type, table.status, func.sum(table.jobs)).group_by(
+            table.job_type, table.status
+        )
+        if filters.job_type is not None:
+            statement = statement.where(table.job_type == filters.job_type)
+        if filters.statuses:
+            statement = statement.where(
+                table.status.in_([Status(s).value for s in filters.statuses])
+            )
+        with self.session() as session:
+            span = session.execute(select(func.max(table.id) - func.min(table.id))).scalar()
+            if span is not None and span > COUNT_ROWS_TO_FOLD:
+                session.execute(_FOLD_JOB_COUNTS)
+            return {(t, s): int(n) for t, s, n in session.execute(statement) if n}
 
     def history(self, job_id: int, *, after: int | None = None) -> list[JobStatusChange]:
         """The job's status changes, oldest first (only those after history id ``after``)."""
@@ -823,6 +900,54 @@ class JobStore:
         with self.session() as session:
             return session.execute(select(func.max(JobStatusChange.id))).scalar() or 0
 
+    # ------------------------------------------------------------ expired jobs run again
+
+    def _revive_expired(
+        self,
+        session: Session,
+        new: Mapping[bytes, NewJob],
+        inserted: Mapping[bytes, int],
+        run: RunIds,
+    ) -> dict[bytes, int]:
+        """A request for an expired job's key runs it again: ``expired -> initialized`` for the
+        keys :meth:`insert_jobs` found stored, in its transaction; attempts and outputs start
+        over. Returns the revived jobs' ids by key."""
+        wanted = [
+            key
+            for key, job in new.items()
+            if key not in inserted and job.status is Status.INITIALIZED
+        ]
+        if not wanted:
+            return {}
+        # One index probe spares the key lookups when no job is expired at all (the usual case).
+        any_expired = select(Job.id).where(Job.status == Status.EXPIRED.value).limit(1)
+        if session.execute(any_expired).first() is None:
+            return {}
+        table = Job.__table__.c
+        assignments = self._assignments(
+            Status.INITIALIZED,
+            "requested again after it expired",
+            None,
+            None,
+            run,
+            False,
+            {"retry_at": None, "last_error": None, "output_path": None, "output_files": []},
+        )
+        assignments.update(attempts=0, output_publication_date=None, last_accessed_at=self.clock())
+        revived: dict[bytes, int] = {}
+        for start in range(0, len(wanted), INSERT_CHUNK):
+            result = session.execute(
+                update(Job.__table__)
+                .where(
+                    table.job_key.in_(wanted[start : start + INSERT_CHUNK]),
+                    table.status == Status.EXPIRED.value,
+                )
+                .values(**assignments)
+                .returning(table.id, table.job_key)
+            )
+            revived.update((bytes(key), job_id) for job_id, key in result)
+        return revived
+
     # --------------------------------------------------------------------- bookkeeping
 
     def get_meta(self, key: str) -> str | None:
@@ -911,6 +1036,167 @@ def _insert_arrays(
         "status_message": [job.message for job in jobs],
         "max_attempts": [job.max_attempts for job in jobs],
     }
+
+
+@dataclass(frozen=True)
+class _TransitionShape:
+    """What decides the text of a transition's UPDATE; its values are bound parameters."""
+
+    terminal: bool
+    releases_lease: bool
+    records_error: bool
+    count_attempt: bool
+    checks_lease: bool
+    value_keys: tuple[str, ...]
+    many: bool
+
+    @classmethod
+    def of(
+        cls,
+        target: Status,
+        error_class: str | None,
+        count_attempt: bool,
+        values: Mapping[str, Any] | None,
+        checks_lease: bool,
+        *,
+        many: bool,
+    ) -> _TransitionShape:
+        return cls(
+            terminal=target in TERMINAL,
+            releases_lease=target not in LEASED and target is not Status.QUEUED,
+            records_error=error_class is not None,
+            count_attempt=count_attempt,
+            checks_lease=checks_lease,
+            value_keys=tuple(sorted(values or {})),
+            many=many,
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _transition_statement(shape: _TransitionShape, id_array: bool = False) -> Update:
+    """The UPDATE of a transition, built once per shape: a statement reused as is skips
+    SQLAlchemy's construction and compilation (most of a single transition's time in Python).
+
+    Sets what :meth:`JobStore._assignments` sets; the guard's triggers check the move and write
+    the history row. One job (``:b_job_id``, returning the whole row) or many (``:b_job_ids``,
+    one array parameter on PostgreSQL, returning their ids)."""
+    c = Job.__table__.c
+    now = bindparam("b_now", type_=UtcDateTime())
+    assignments: dict[str, Any] = {
+        "status": bindparam("b_to"),
+        "status_seq": c.status_seq + 1,
+        "status_changed_at": now,
+        "status_message": bindparam("b_message"),
+        "error_class": bindparam("b_error_class"),
+        "error_subtype": bindparam("b_error_subtype"),
+        "flow_run_id": bindparam("b_flow_run_id"),
+        "task_run_id": bindparam("b_task_run_id"),
+        "finished_at": func.coalesce(c.finished_at, now) if shape.terminal else None,
+        **{key: bindparam(f"b_value_{key}", type_=c[key].type) for key in shape.value_keys},
+    }
+    if shape.records_error:
+        assignments["last_error"] = bindparam("b_message")
+    if shape.count_attempt:
+        assignments["attempts"] = c.attempts + 1
+    if shape.releases_lease:
+        assignments.update(worker=None, lease_token=None, lease_expires_at=None)
+    if not shape.many:
+        which = c.id == bindparam("b_job_id")
+    elif id_array:
+        which = c.id == any_(bindparam("b_job_ids", type_=ARRAY(BigInteger)))
+    else:
+        which = c.id.in_(bindparam("b_job_ids", expanding=True))
+    statement = update(Job.__table__).where(
+        which, c.status.in_(bindparam("b_expected", expanding=True))
+    )
+    if shape.checks_lease:
+        statement = statement.where(c.lease_token == bindparam("b_lease_token"))
+    statement = statement.values(**assignments)
+    return statement.returning(c.id) if shape.many else statement.returning(*c)
+
+
+@functools.lru_cache(maxsize=8)
+def _claim_statement(by_type: bool, by_ids: bool, id_array: bool) -> Update:
+    """The claim's UPDATE, built once per shape: ready jobs of ``:b_queue`` (of ``:b_job_type``,
+    among ``:b_job_ids``) not waiting for a retry, highest priority then oldest first, at most
+    ``:b_limit``, locked with SKIP LOCKED, moved to ``queued`` with the worker's lease."""
+    c = Job.__table__.c
+    now = bindparam("b_now", type_=UtcDateTime())
+    candidates = (
+        select(c.id)
+        .where(
+            c.queue == bindparam("b_queue"),
+            c.status == Status.READY.value,
+            or_(c.retry_at.is_(None), c.retry_at <= now),
+        )
+        .order_by(c.priority.desc(), c.id)
+        .limit(bindparam("b_limit"))
+        .with_for_update(skip_locked=True)
+    )
+    if by_type:
+        candidates = candidates.where(c.job_type == bindparam("b_job_type"))
+    if by_ids:
+        candidates = candidates.where(
+            c.id == any_(bindparam("b_job_ids", type_=ARRAY(BigInteger)))
+            if id_array
+            else c.id.in_(bindparam("b_job_ids", expanding=True))
+        )
+    # A CTE, not a subquery in WHERE: SQLAlchemy would correlate a subquery on ``jobs`` with the
+    # UPDATE's own ``jobs`` and the LIMIT would apply per row.
+    claimable = candidates.cte("claimable")
+    return (
+        update(Job.__table__)
+        .where(c.id.in_(select(claimable.c.id)), c.status == Status.READY.value)
+        .values(
+            status=Status.QUEUED.value,
+            status_seq=c.status_seq + 1,
+            status_changed_at=now,
+            status_message=bindparam("b_message"),
+            error_class=None,
+            error_subtype=None,
+            flow_run_id=bindparam("b_flow_run_id"),
+            task_run_id=bindparam("b_task_run_id"),
+            finished_at=None,
+            worker=bindparam("b_worker"),
+            lease_token=bindparam("b_lease_token"),
+            lease_expires_at=bindparam("b_lease_expires_at", type_=UtcDateTime()),
+            claimed_at=now,
+        )
+        .returning(*c)
+    )
+
+
+def _detached_job(row: Row[Any]) -> Job:
+    """A :class:`Job` holding a row read by a Core statement, as if loaded and then detached."""
+    job = Job(**row._mapping)
+    make_transient_to_detached(job)
+    return job
+
+
+#: Folds the rows of ``job_counts`` into one per (job type, status). Safe beside writers and
+#: other folds: it deletes only the rows its snapshot sees (rows committed meanwhile stay) and
+#: rows another fold deleted first are skipped, not counted twice.
+_FOLD_JOB_COUNTS = text(
+    "WITH folded AS (DELETE FROM job_counts RETURNING job_type, status, jobs) "
+    "INSERT INTO job_counts (job_type, status, jobs) "
+    "SELECT job_type, status, sum(jobs) FROM folded GROUP BY job_type, status "
+    "HAVING sum(jobs) <> 0"
+)
+
+
+def _counted_by_the_database(filters: JobFilter) -> bool:
+    """Whether ``job_counts`` answers ``filters``: job type and statuses only."""
+    return all(
+        getattr(filters, name) is None
+        for name in (
+            "tile_id",
+            "product_id",
+            "created_after",
+            "created_before",
+            "input_date_from",
+            "input_date_until",
+        )
+    )
 
 
 def _filtered(statement: Select[Any], filters: JobFilter) -> Select[Any]:

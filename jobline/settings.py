@@ -153,6 +153,10 @@ class Settings(BaseSettings):
             raise ValueError(f"metadata_retention_seconds: negative retention for keys {bad}")
         return value
 
+    def stuck_after(self, status: str) -> float:
+        """Seconds a job may sit in ``status`` before maintenance treats it as stuck."""
+        return self.stuck_after_seconds.get(status, DEFAULT_STUCK_AFTER_SECONDS[status])
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'jobline.db'}"

@@ -17,8 +17,6 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from db.store import JobStore
@@ -127,15 +125,3 @@ def keeper_for(store: JobStore, settings: Settings) -> LeaseKeeper:
         keeper.lease_seconds = settings.lease_seconds
         keeper.interval = settings.heartbeat_seconds
         return keeper
-
-
-@contextmanager
-def lease_held(store: JobStore, settings: Settings, job_id: int, token: str) -> Iterator[Lease]:
-    """Heartbeat the job's lease while the block runs (for code that runs a job's leased part
-    in one piece, e.g. a script calling the steps)."""
-    keeper = keeper_for(store, settings)
-    lease = keeper.hold(job_id, token)
-    try:
-        yield lease
-    finally:
-        keeper.release(job_id, token)

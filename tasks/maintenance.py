@@ -89,7 +89,7 @@ def run_maintenance(
     ]
     for name, part in parts:
         try:
-            part()
+            store.reconnecting(part)  # each part is safe to repeat after a lost connection
         except Exception as error:  # noqa: BLE001 - one failing part must not stop the others
             report.errors.append(f"{name}: {type(error).__name__}: {error}")
             log(f"maintenance: {name} failed: {error}")
@@ -102,7 +102,7 @@ def _backoff(settings: Settings) -> maintenance.Backoff:
 
 
 def _limit(settings: Settings, status: Status) -> timedelta:
-    return timedelta(seconds=settings.stuck_after_seconds[status.value])
+    return timedelta(seconds=settings.stuck_after(status.value))
 
 
 def _rescue_lost(ctx: steps.StepContext, now: datetime, report: MaintenanceReport) -> None:

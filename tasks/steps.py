@@ -145,12 +145,17 @@ def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> In
 
 
 def configure_jobs(ctx: StepContext, job_type: JobType, job_ids: list[int]) -> ConfigureSummary:
-    """Configure the new jobs (``initialized -> configured``) and every job of the type still
-    waiting in ``configured``; the job type's hooks decide which become ``ready``."""
+    """Configure new jobs (``initialized -> configured``): those just inserted and any other of
+    the type, e.g. created through the API. Then every job of the type waiting in
+    ``configured`` is offered to the job type's hooks, which decide which become ``ready``."""
     store = ctx.store
     type_path = job_type.import_path()
+    others = store.list_jobs(
+        JobFilter(job_type=type_path, statuses=(S.INITIALIZED,)), limit=10_000
+    ).jobs
+    new_ids = list(dict.fromkeys([*job_ids, *(job.id for job in others)]))
     store.transition_many(
-        job_ids, S.CONFIGURED, expected_from=S.INITIALIZED, run=ctx.run, message="configured"
+        new_ids, S.CONFIGURED, expected_from=S.INITIALIZED, run=ctx.run, message="configured"
     )
     waiting = store.list_jobs(
         JobFilter(job_type=type_path, statuses=(S.CONFIGURED,)), limit=10_000
@@ -198,7 +203,7 @@ def _hold_queued(ctx: StepContext, claimed: list[ClaimedJob]) -> None:
     """Heartbeat the claimed jobs' leases until they start, for at most the queued limit (a
     flow run that never starts them must not keep them forever)."""
     keeper = keeper_for(ctx.store, ctx.settings)
-    limit = ctx.settings.stuck_after_seconds["queued"]
+    limit = ctx.settings.stuck_after(S.QUEUED.value)
     for job in claimed:
         keeper.hold(job.job_id, job.lease_token, for_seconds=limit)
 

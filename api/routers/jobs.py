@@ -32,7 +32,7 @@ from db.models import Job
 from db.records import JobFilter, NewJob, config_key, product_key
 from db.statuses import TERMINAL, Status, statuses_in_phase
 from db.store import JobStore, model_name
-from jobline.exceptions import JobNotFound, StaleTransition
+from jobline.exceptions import JobNotFound
 from jobline.settings import Settings
 from jobtypes.base import load_job_type
 
@@ -41,7 +41,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No such job (or metadata key)."}}
 CONFLICT = {409: {"model": ErrorBody, "description": "The state machine refused the change."}}
 API_METADATA_MODEL = model_name(ApiMetadata)
-
 
 
 # ------------------------------------------------------------------------------ create
@@ -64,14 +63,13 @@ def create_job(
     the same config). Requesting an expired job again sends it back to ``initialized``.
     """
     new = _new_job(body, settings)
-    created = bool(store.insert_jobs([new]).inserted)
+    # insert_jobs also sends an expired job of the key back to initialized (and reports it).
+    touched = new.key in store.insert_jobs([new]).inserted
     job = _existing(store, new.key)
-    if created:
+    if touched and job.created_at == job.status_changed_at:  # new, not revived
         response.headers["Location"] = f"/jobs/{job.id}"
     else:
         response.status_code = 200
-        if job.status == Status.EXPIRED.value:
-            job = _renew(store, job)
     return JobOut.from_job(job)
 
 
@@ -104,18 +102,6 @@ def _existing(store: JobStore, key: bytes) -> Job:
     if job is None:  # inserted or found, then deleted in between
         raise JobNotFound(f"with key {key.hex()}")
     return job
-
-
-def _renew(store: JobStore, job: Job) -> Job:
-    try:
-        return store.transition(
-            job.id,
-            Status.INITIALIZED,
-            expected_from=Status.EXPIRED,
-            message="requested again through the API",
-        )
-    except StaleTransition:  # another request renewed it first
-        return store.get_job(job.id, touch=False)
 
 
 # -------------------------------------------------------------------------------- read
@@ -200,7 +186,9 @@ async def wait_for_job(
             terminal = Status(job.status) in TERMINAL
             remaining = deadline - loop.time()
             if terminal or remaining <= 0:
-                return WaitResult(job=JobOut.from_job(job), terminal=terminal, timed_out=not terminal)
+                return WaitResult(
+                    job=JobOut.from_job(job), terminal=terminal, timed_out=not terminal
+                )
             await wakeup.wait(remaining)
 
 

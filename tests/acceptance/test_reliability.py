@@ -289,7 +289,9 @@ def test_a_worker_killed_mid_container_is_rescued_and_its_job_published_once(
     assert orphan.status == "running", "the container outlives its killed worker"
 
     wait_for(lambda: job_id in maintenance.expired_leases(store, store.clock()), "lease expiry")
-    report = run_maintenance(settings, store)
+    from flows.maintenance import maintenance as maintenance_flow
+
+    report = maintenance_flow()  # as the deployment runs it
 
     assert report.rescued == [job_id]
     assert report.containers_removed == [orphan.name]
@@ -329,7 +331,6 @@ def test_a_slow_live_worker_is_not_rescued_and_a_stalled_one_cannot_write(
     """Real time: 1 s leases renewed every 0.25 s by the lease keeper, maintenance every 0.2 s."""
     from jobtypes.base import load_job_type
     from tasks import steps
-    from tasks.heartbeat import keeper_for
     from tasks.runners.local import LocalRunner
 
     settings = pg_settings.model_copy(
@@ -358,23 +359,31 @@ def test_a_slow_live_worker_is_not_rescued_and_a_stalled_one_cannot_write(
         assert outcome.ok
         assert store.get_job(live).status == "done"
 
-        # The other worker stalls: its keeper stops renewing, and its lease runs out.
+        # The other worker stalls past its lease while its container runs (as if paused):
+        # maintenance takes the job; when the worker's keeper beats again, it learns so.
         kind.local_command = ["sh", "-c", "sleep 30"]
         stalled_outcome = steps.pre_process(ctx, kind, claimed[stalled])
-        keeper_for(store, settings).release(stalled)
-        wait_for(lambda: stalled in rescued, "the stalled job's rescue", timeout=10)
-        keeper_for(store, settings).hold(stalled, claimed[stalled].lease_token)  # it wakes up
         began = time.monotonic()
-        after = steps.run_container(ctx, kind, stalled_outcome, LocalRunner())
+        running: list[steps.StepOutcome] = []
+        runner = threading.Thread(
+            target=lambda: running.append(
+                steps.run_container(ctx, kind, stalled_outcome, LocalRunner())
+            )
+        )
+        runner.start()
+        wait_for(lambda: store.get_job(stalled, touch=False).status == "processing", "processing")
+        late = store.clock() + timedelta(seconds=60)  # its lease, seen a minute later
+        assert maintenance.rescue_lost(store, late) == [stalled]
+        runner.join(20)
     finally:
         stop.set()
         sweeper.join(10)
         kind.local_command = slow
-
-    assert live not in rescued
+    (after,) = running
+    assert rescued == [], "maintenance never took a job whose worker renewed its lease"
     assert "internal_error" not in statuses(store, live)
     assert not after.ok
-    assert time.monotonic() - began < 10, "the lost lease stopped the processing"
+    assert time.monotonic() - began < 15, "the lost lease stopped the 30 s processing"
     job = store.get_job(stalled)
     assert job.status in ("ready", "queued"), "the stalled worker wrote nothing after the rescue"
     assert statuses(store, stalled)[-3:] == ["internal_error", "error_checked", "ready"]

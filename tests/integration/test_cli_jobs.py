@@ -66,7 +66,11 @@ def test_wait_exits_0_for_a_done_job_and_1_for_a_cancelled_one(
     code, out, _ = cli("jobs", "wait", str(cancelled), "--json")
     assert code == 1
     body = json.loads(out)
-    assert (body["job"]["status"], body["terminal"], body["timed_out"]) == ("cancelled", True, False)
+    assert (body["job"]["status"], body["terminal"], body["timed_out"]) == (
+        "cancelled",
+        True,
+        False,
+    )
 
 
 def test_wait_blocks_until_another_thread_finishes_the_job(cli: Cli, pg_store: JobStore) -> None:

@@ -15,22 +15,23 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from db.migrate import upgrade
-from db.notify import ANY_CHANGE, Listener, Notice, parse_notice
+from db.notify import ANY_CHANGE, Listener, Notice, StatusFeed, parse_notice
 from db.records import NewJob
 from db.store import JobStore
 from jobline.settings import Settings
-from tests.integration.api_server import (  # noqa: F401 - fixtures
+from tests.integration import api_server as server_support
+from tests.integration.api_server import (
     HAPPY_PATH,
     JOB_TYPE,
     ApiServer,
     EventReader,
-    api_server,
     start_server,
     stop_server,
 )
 from tests.support.jobtypes import write_partner_module, write_products
 
 pytestmark = pytest.mark.slow
+api_server = server_support.api_server  # the fixture
 
 
 def new_job(store: JobStore, product_id: str, job_type: str = JOB_TYPE) -> int:
@@ -194,6 +195,26 @@ def test_the_stream_follows_the_process_job_flow(
     assert statuses(events) == ["initialized", *HAPPY_PATH]
     assert [event_id for event_id, _ in events] == [change.id for change in history]
     assert all(data["flow_run_id"] for _, data in events[3:])  # claimed onwards: the flow's
+
+
+def test_the_feed_passes_a_gap_held_longer_than_its_timeout(pg_store: JobStore) -> None:
+    held_job, fast = new_job(pg_store, "HELD"), new_job(pg_store, "FAST")
+    now = [0.0]
+    feed = StatusFeed(
+        pg_store, after=pg_store.last_change_id(), gap_timeout=30, clock=lambda: now[0]
+    )
+    with pg_store.engine.connect() as held:
+        held.begin()
+        held.execute(text("UPDATE jobs SET status = 'configured' WHERE id = :id"), {"id": held_job})
+        drive(pg_store, fast, ("configured",))
+        assert feed.read() == []
+        assert feed.waiting_on_gap
+        now[0] = 29.0
+        assert feed.read() == []
+        now[0] = 31.0  # a transaction open this long is taken for stuck: move on
+        assert [event.job_id for event in feed.read()] == [fast]
+        assert not feed.waiting_on_gap
+        held.rollback()
 
 
 def test_bad_stream_requests_are_refused(api_server: ApiServer, pg_store: JobStore) -> None:

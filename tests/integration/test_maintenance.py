@@ -3,9 +3,10 @@ heartbeats, lost leases, stuck jobs, backoff times, expiry, revival, metadata co
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from db.statuses import Status, is_legal
 from db.store import JobStore
 from jobline.exceptions import LeaseLost, TransitionError
 from jobline.settings import Settings
+from jobtypes.base import load_job_type
 from tasks.heartbeat import LeaseKeeper
 from tasks.maintenance import run_maintenance
 from tasks.retry import backoff_seconds
@@ -483,14 +485,16 @@ def test_a_pass_configures_publishes_expires_and_deletes_outputs(
             "publication_sink": f"file://{tmp_path / 'messages.jsonl'}",
         }
     )
-    write_products(inputs, ["ok-1", "ok-2"])
     ctx = steps.StepContext(settings=settings, store=timed_store)
-    from jobtypes.base import load_job_type
-
     kind = load_job_type(job_type_path, settings)
-    today = datetime.now(UTC)  # the products' files were written just now
-    discovery = steps.discover_inputs(ctx, kind, today - timedelta(1), today + timedelta(1))
-    forgotten, published = steps.insert_jobs(ctx, kind, discovery).inserted  # never configured
+
+    def discover(product: str) -> int:
+        write_products(inputs, [product])
+        today = datetime.now(UTC)  # the product's files were written just now
+        discovery = steps.discover_inputs(ctx, kind, today - timedelta(1), today + timedelta(1))
+        return steps.insert_jobs(ctx, kind, discovery).inserted[0]
+
+    published = discover("ok-1")
     steps.configure_jobs(ctx, kind, [published])
     (claimed,) = steps.claim_jobs(ctx, kind, 1)
     outcome = steps.post_process(
@@ -499,6 +503,7 @@ def test_a_pass_configures_publishes_expires_and_deletes_outputs(
         steps.run_container(ctx, kind, steps.pre_process(ctx, kind, claimed), LocalRunner()),
     )
     assert outcome.ok  # ... and the worker died before publishing
+    forgotten = discover("ok-2")  # ... and this flow run died before configuring
 
     report = run_maintenance(settings, timed_store, clock.advance(3600))
 
@@ -517,3 +522,24 @@ def test_a_pass_configures_publishes_expires_and_deletes_outputs(
     assert report.outputs_deleted == 1
     assert not output.exists()
     assert timed_store.get_job(published).status == "expired"
+
+
+def test_jobline_maintenance_rescues_and_reports_as_json(
+    pg_settings: Settings, jobline_env: Callable[[Settings], Settings]
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    settings = jobline_env(pg_settings.model_copy(update={"remove_orphan_containers": False}))
+    store = JobStore.from_settings(settings)
+    (job_id,) = ready_jobs(store, 1)
+    store.claim(QUEUE, 1, "gone", lease_seconds=0.001)
+    time.sleep(0.05)
+
+    result = CliRunner().invoke(app, ["maintenance", "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["rescued"] == [job_id] and report["errors"] == []
+    assert store.get_job(job_id).status == "ready"

@@ -1,0 +1,100 @@
+"""``python -m bench``: the benchmark suite against the PostgreSQL in ``JOBLINE_DATABASE_URL``.
+
+Creates a scratch database on that server (and a second one for the Prefect server it starts
+unless ``PREFECT_API_URL`` is set), runs the benchmarks, drops what it created, prints the table
+and writes it as JSON to ``bench/results/latest.json``. ``--quick`` runs smaller sizes (under
+3 minutes); the default is the full run whose table the README shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import insert, lifecycle, pipeline, query
+from bench.report import LATEST, Measurement, markdown_table, text_table, write_json
+from bench.scratch import admin_url, machine_facts, scratch_database
+from jobline.exceptions import ConfigurationError
+from jobline.settings import Settings
+
+BENCHMARKS = ("insert", "lifecycle", "query", "pipeline")
+
+
+def sizes(quick: bool) -> dict[str, object]:
+    """The size of every benchmark: the issue's for a full run, smaller ones for ``--quick``."""
+    if quick:
+        return {
+            "insert": insert.InsertSizes(jobs=20_000, naive_jobs=1_000, repeats=1),
+            "lifecycle": lifecycle.LifecycleSizes(
+                jobs=4_000, workers=8, batch=50, latency_jobs=100
+            ),
+            "query": query.QuerySizes(jobs=200_000, repeats=20),
+            "pipeline": pipeline.PipelineSizes(
+                jobs=50, memory_small=100, memory_large=400, concurrency=4
+            ),
+        }
+    return {
+        "insert": insert.InsertSizes(jobs=100_000, naive_jobs=5_000, repeats=3),
+        "lifecycle": lifecycle.LifecycleSizes(jobs=20_000, workers=8, batch=50, latency_jobs=300),
+        "query": query.QuerySizes(jobs=1_000_000, repeats=50),
+        "pipeline": pipeline.PipelineSizes(
+            jobs=200, memory_small=500, memory_large=2_000, concurrency=4
+        ),
+    }
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(server_url: str, chosen: list[str], quick: bool) -> list[Measurement]:
+    """Each chosen benchmark on its own scratch database."""
+    size = sizes(quick)
+    runners: dict[str, Callable[[str], list[Measurement]]] = {
+        "insert": lambda url: insert.run(url, size["insert"], log),  # type: ignore[arg-type]
+        "lifecycle": lambda url: lifecycle.run(url, size["lifecycle"], log),  # type: ignore[arg-type]
+        "query": lambda url: query.run(url, size["query"], log),  # type: ignore[arg-type]
+        "pipeline": lambda url: pipeline.run(url, server_url, size["pipeline"], log),  # type: ignore[arg-type]
+    }  # fmt: skip
+    measurements: list[Measurement] = []
+    for name in chosen:
+        log(f"{name} …")
+        started = time.perf_counter()
+        with scratch_database(server_url) as url:
+            measurements += runners[name](url)
+        log(f"{name}: {time.perf_counter() - started:.0f} s")
+    return measurements
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under 3 minutes")
+    parser.add_argument(
+        "--only", action="append", choices=BENCHMARKS, help="run only these (repeatable)"
+    )
+    parser.add_argument("--output", type=Path, default=LATEST, help="where the JSON goes")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    args = parser.parse_args(argv)
+    try:
+        server_url = admin_url(Settings())
+    except ConfigurationError as error:
+        print(error, file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    measurements = run(server_url, args.only or list(BENCHMARKS), args.quick)
+    seconds = time.perf_counter() - started
+    mode = "quick" if args.quick else "full"
+    write_json(args.output, measurements, machine_facts(server_url), mode, seconds)
+    print(text_table(measurements))
+    if args.markdown:
+        print()
+        print(markdown_table(measurements))
+    print(f"\n{mode} run in {seconds:.0f} s; written to {args.output}")
+    return 0 if all(m.passed for m in measurements) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

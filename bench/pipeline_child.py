@@ -1,0 +1,121 @@
+"""One measured flow run in a fresh process, for :mod:`bench.pipeline`; prints one JSON line.
+
+    python -m bench.pipeline_child {jobline|baseline} JOBS CONCURRENCY
+
+``jobline`` runs ``run-pipeline`` on the job type :mod:`bench.types` (the store, the data dir and
+the Prefect server come from the environment the parent sets); ``baseline`` runs a flow of the
+same shape (the same Prefect tasks per job, task runner and concurrency) whose tasks do nothing
+and touch no database. Reported: wall time of the flow call, the jobs it processed, the process's
+peak resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from datetime import UTC, datetime
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from bench.types import IMPORT_PATH
+from tasks.results import ClaimedJob, ConfigureSummary, Discovery, InsertSummary, StepOutcome
+
+
+@task(name="discover-inputs", cache_policy=NO_CACHE)
+def discover_inputs(job_type: str) -> Discovery:
+    now = datetime.now(UTC)
+    return Discovery(job_type=job_type, since=now, until=now)
+
+
+@task(name="insert-jobs", cache_policy=NO_CACHE)
+def insert_jobs(job_type: str, discovery: Discovery) -> InsertSummary:
+    return InsertSummary()
+
+
+@task(name="configure-batch", cache_policy=NO_CACHE)
+def configure_batch(job_type: str, job_ids: list[int]) -> ConfigureSummary:
+    return ConfigureSummary()
+
+
+@task(name="claim-jobs", cache_policy=NO_CACHE)
+def claim_jobs(job_type: str, first: int, limit: int) -> list[ClaimedJob]:
+    return [ClaimedJob(job_id=first + n, lease_token="") for n in range(limit)]
+
+
+@task(name="pre-process", cache_policy=NO_CACHE)
+def pre_process(job_type: str, claimed: ClaimedJob) -> StepOutcome:
+    return StepOutcome(job_id=claimed.job_id, lease_token=claimed.lease_token)
+
+
+@task(name="run-container", cache_policy=NO_CACHE)
+def run_container(job_type: str, outcome: StepOutcome, runner: str | None = None) -> StepOutcome:
+    return outcome
+
+
+@task(name="post-process", cache_policy=NO_CACHE)
+def post_process(job_type: str, outcome: StepOutcome) -> StepOutcome:
+    return outcome
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(job_type: str, outcome: StepOutcome) -> StepOutcome:
+    return outcome
+
+
+@task(name="summarize", cache_policy=NO_CACHE)
+def summarize(job_type: str) -> dict[str, int]:
+    return {}
+
+
+@flow(name="baseline-pipeline")
+def baseline_pipeline(job_type: str, max_jobs: int, concurrency: int) -> int:
+    """run-pipeline's shape: discover, insert, configure, then claimed batches of four chained
+    tasks per job on a thread pool of ``concurrency``, a configure per batch, a summary."""
+    inserted = insert_jobs(job_type, discover_inputs(job_type))
+    configure_batch(job_type, inserted.inserted)
+    processed = 0
+    with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
+        while processed < max_jobs:
+            limit = min(max(concurrency * 4, 16), max_jobs - processed)
+            futures = []
+            for claimed in claim_jobs(job_type, processed, limit):
+                staged = runner.submit(pre_process, {"job_type": job_type, "claimed": claimed})
+                ran = runner.submit(run_container, {"job_type": job_type, "outcome": staged})
+                posted = runner.submit(post_process, {"job_type": job_type, "outcome": ran})
+                futures.append(runner.submit(publish, {"job_type": job_type, "outcome": posted}))
+            processed += sum(1 for future in as_completed(futures) if future.result().ok)
+            configure_batch(job_type, [])
+    summarize(job_type)
+    return processed
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str]) -> int:
+    mode, jobs, concurrency = argv[0], int(argv[1]), int(argv[2])
+    started = time.perf_counter()
+    if mode == "jobline":
+        from flows.pipeline import run_pipeline
+
+        summary = run_pipeline(
+            job_type=IMPORT_PATH, max_jobs=jobs, concurrency=concurrency, runner="local"
+        )
+        processed, detail = summary.succeeded, summary.model_dump()
+    else:
+        processed, detail = baseline_pipeline(IMPORT_PATH, jobs, concurrency), {}
+    seconds = time.perf_counter() - started
+    report = {"seconds": seconds, "processed": processed, "peak_rss_mb": peak_rss_mb()}
+    print(json.dumps({**report, "summary": detail}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
