@@ -21,6 +21,8 @@ from jobline.exceptions import ConfigurationError
 from jobline.settings import Settings
 
 BENCHMARKS = ("insert", "lifecycle", "query", "pipeline")
+#: Jobs a lifecycle worker claims at a time (and moves through each status in one statement).
+BATCH = 100
 
 
 def sizes(quick: bool) -> dict[str, object]:
@@ -29,16 +31,18 @@ def sizes(quick: bool) -> dict[str, object]:
         return {
             "insert": insert.InsertSizes(jobs=20_000, naive_jobs=1_000, repeats=1),
             "lifecycle": lifecycle.LifecycleSizes(
-                jobs=4_000, workers=8, batch=50, latency_jobs=100
+                jobs=4_000, workers=8, batch=BATCH, latency_jobs=100, repeats=1
             ),
             "query": query.QuerySizes(jobs=200_000, repeats=20),
             "pipeline": pipeline.PipelineSizes(
-                jobs=50, memory_small=100, memory_large=400, concurrency=4
+                jobs=20, memory_small=40, memory_large=160, concurrency=4
             ),
         }
     return {
         "insert": insert.InsertSizes(jobs=100_000, naive_jobs=5_000, repeats=3),
-        "lifecycle": lifecycle.LifecycleSizes(jobs=20_000, workers=8, batch=50, latency_jobs=300),
+        "lifecycle": lifecycle.LifecycleSizes(
+            jobs=20_000, workers=8, batch=BATCH, latency_jobs=300, repeats=2
+        ),
         "query": query.QuerySizes(jobs=1_000_000, repeats=50),
         "pipeline": pipeline.PipelineSizes(
             jobs=200, memory_small=500, memory_large=2_000, concurrency=4

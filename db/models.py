@@ -125,7 +125,6 @@ class Job(Base):
         ),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
         CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
-        Index("ix_jobs_type_status", "job_type", "status"),
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_product_id", "product_id"),
         Index("ix_jobs_tile_date", "tile_id", "input_publication_date"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from prefect.artifacts import (
@@ -18,6 +19,8 @@ from tasks.results import ClaimedJob, StepOutcome
 
 #: The longest a processing run waits for a job whose retry backoff has not yet passed.
 RETRY_WAIT_LIMIT_SECONDS = 120.0
+#: How often a processing run updates its progress artifact, at most.
+PROGRESS_EVERY_SECONDS = 1.0
 
 
 class PipelineSummary(BaseModel):
@@ -63,12 +66,17 @@ def process_ready_jobs(
             outcomes = [_submit_job(task_runner, job_type, job, runner) for job in claimed]
             # The total is only known batch by batch: jobs finished of those claimed so far.
             planned = summary.processed + len(claimed)
+            reported = 0.0
             for future in as_completed(outcomes):
                 summary.processed += 1
                 summary.succeeded += bool(future.result().ok)
-                update_progress_artifact(
-                    artifact_id=progress_id, progress=100.0 * summary.processed / planned
-                )
+                # At most once a second: each update is an API call the loop waits for (100 ms
+                # under load), so one per job held up the next claim by seconds per batch.
+                if time.monotonic() - reported >= PROGRESS_EVERY_SECONDS:
+                    update_progress_artifact(
+                        artifact_id=progress_id, progress=100.0 * summary.processed / planned
+                    )
+                    reported = time.monotonic()
             lifecycle.configure_batch(job_type, [])
     lifecycle.deliver_publications()
     update_progress_artifact(artifact_id=progress_id, progress=100.0)

@@ -123,9 +123,10 @@ def publish(job_type: str, outcome: StepOutcome) -> StepOutcome:
 
 
 @task(name="deliver-publications", cache_policy=NO_CACHE)
-def deliver_publications() -> list[int]:
-    """Deliver publications left pending earlier (e.g. while the broker was down)."""
-    return steps.deliver_publications(step_context())
+def deliver_publications() -> int:
+    """Deliver publications left pending earlier (e.g. while the broker was down); returns
+    how many were sent."""
+    return steps.deliver_publications(step_context()).sent
 
 
 @task(name="summarize", cache_policy=NO_CACHE)

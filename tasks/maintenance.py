@@ -29,7 +29,6 @@ from jobline.exceptions import JoblineError
 from jobline.settings import Settings
 from jobtypes.base import load_job_type
 from tasks import steps, storage
-from tasks.publication import deliver_pending, sink_for
 from tasks.results import StepOutcome
 from tasks.retry import backoff_seconds
 
@@ -117,8 +116,7 @@ def _rescue_lost(ctx: steps.StepContext, now: datetime, report: MaintenanceRepor
 
 def _redeliver(ctx: steps.StepContext, report: MaintenanceReport) -> None:
     """Messages a worker could not deliver (sink down) or left claimed when it died."""
-    with sink_for(ctx.settings.resolved_publication_sink, ctx.settings) as sink:
-        delivery = deliver_pending(ctx.store, sink, limit=REDELIVERY_LIMIT, run=ctx.run)
+    delivery = steps.deliver_publications(ctx, batch=REDELIVERY_LIMIT)
     report.publications_sent = delivery.sent
     if delivery.errors:
         report.errors.append(f"publication: {delivery.errors[0]}")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from db import outbox
 from db.models import Job
 from db.records import JobFilter, NewJob, RunIds
@@ -478,19 +480,30 @@ def _delivery(ctx: StepContext, job_id: int) -> Callable[[], DeliveryReport]:
     return deliver
 
 
-def deliver_publications(ctx: StepContext, batch: int = 500) -> list[int]:
+def deliver_publications(ctx: StepContext, batch: int = 500) -> DeliveryReport:
     """Deliver every pending publication, of any job (e.g. left pending while the broker was
-    down); returns the jobs this finished (``published -> done``)."""
-    finished: list[int] = []
+    down or by a worker that died); jobs whose messages are all confirmed finish."""
+    total = DeliveryReport()
     with sink_for(ctx.settings.resolved_publication_sink, ctx.settings) as sink:
         while True:
-            report = deliver_pending(ctx.store, sink, limit=batch, run=ctx.run)
-            finished.extend(report.finished_jobs)
+            try:
+                report = ctx.store.reconnecting(
+                    lambda: deliver_pending(ctx.store, sink, limit=batch, run=ctx.run)
+                )
+            except DBAPIError as error:
+                # A sweep is best effort: rows it had claimed come back when their lease ends.
+                ctx.log(f"publication sweep interrupted, maintenance will go on: {error.orig}")
+                total.errors.append(str(error.orig))
+                break
+            total.sent += report.sent
+            total.failed += report.failed
+            total.finished_jobs.extend(report.finished_jobs)
+            total.errors.extend(report.errors)
             if report.failed or report.sent < batch:
                 break
-    if finished:
-        ctx.log(f"delivered pending publications: {len(finished)} jobs finished")
-    return finished
+    if total.finished_jobs:
+        ctx.log(f"delivered pending publications: {len(total.finished_jobs)} jobs finished")
+    return total
 
 
 # --------------------------------------------------------------------------- failures, retries

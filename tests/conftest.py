@@ -10,6 +10,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,30 +35,39 @@ def missing_service(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _admin_engine():  # type: ignore[no-untyped-def]
-    url = Settings(database_url=PG_SERVER_URL).resolved_database_url
-    return create_engine(url, isolation_level="AUTOCOMMIT")
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A brand-new, empty PostgreSQL database on the test server; dropped afterwards."""
+    admin = create_engine(
+        Settings(database_url=PG_SERVER_URL).resolved_database_url, isolation_level="AUTOCOMMIT"
+    )
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as error:
+        missing_service(f"PostgreSQL at {PG_SERVER_URL} is not reachable: {error}")
+    try:
+        yield make_url(admin.url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, migrated to head, dropped afterwards."""
-    admin = _admin_engine()
-    try:
-        with admin.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as error:
-        missing_service(f"PostgreSQL at {PG_SERVER_URL} is not reachable: {error}")
-    name = f"jobline_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(Settings(database_url=PG_SERVER_URL).resolved_database_url).set(database=name)
-    database_url = url.render_as_string(hide_password=False)
-    upgrade(Settings(database_url=database_url))
-    yield database_url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database("jobline_test") as database_url:
+        upgrade(Settings(database_url=database_url))
+        yield database_url
+
+
+@pytest.fixture
+def empty_pg_url() -> Iterator[str]:
+    """The URL of a brand-new, empty PostgreSQL database, dropped after the test."""
+    with scratch_database("jobline_empty") as database_url:
+        yield database_url
 
 
 @pytest.fixture
@@ -103,17 +113,19 @@ def pg_store(pg_settings: Settings) -> Iterator[JobStore]:
 
 
 @pytest.fixture(scope="session")
-def prefect_api_url(
-    pg_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One Prefect server for the whole test session; flows in tests report to it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    with scratch_database("prefect_test") as database_url:
+        yield from _serve_prefect(database_url, home)
+
+
+def _serve_prefect(database_url: str, home: Path) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tests.prefect_server import start_prefect_server
 
-    home = tmp_path_factory.mktemp("prefect-home")
-    admin_url = Settings(database_url=PG_SERVER_URL).resolved_database_url
-    for api_url in start_prefect_server(admin_url, home):
+    for api_url in start_prefect_server(database_url, home):
         os.environ["PREFECT_API_URL"] = api_url
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield api_url

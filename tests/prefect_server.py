@@ -11,12 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 STARTUP_TIMEOUT_SECONDS = 180
@@ -28,13 +26,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_prefect_server(admin_url: str, home: Path) -> Iterator[str]:
-    """Start the server, yield its API URL, stop it and drop its database afterwards."""
-    name = f"prefect_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    database = make_url(admin_url).set(drivername="postgresql+asyncpg", database=name)
+def start_prefect_server(database_url: str, home: Path) -> Iterator[str]:
+    """Start the server on an empty database, yield its API URL, stop it afterwards."""
+    database = make_url(database_url).set(drivername="postgresql+asyncpg")
     port = free_port()
     env = {
         **os.environ,
@@ -73,9 +67,6 @@ def start_prefect_server(admin_url: str, home: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _wait_healthy(api_url: str, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -6,43 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 from db.migrate import head_revision
 from db.models import Base
 from jobline.settings import Settings
-from tests.conftest import PG_SERVER_URL, missing_service
 
 #: The job store's tables (issue 2); later revisions may add more, all declared in db.models.
 JOB_STORE_TABLES = {"jobs", "job_status_changes", "job_metadata", "meta"}
 EXPECTED_TABLES = {*Base.metadata.tables, "alembic_version"}
-
-
-@pytest.fixture
-def empty_pg_url() -> Iterator[str]:
-    """The URL of a brand-new, empty PostgreSQL database, dropped after the test."""
-    admin = create_engine(Settings(database_url=PG_SERVER_URL).resolved_database_url)
-    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
-    name = f"jobline_cli_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as error:
-        missing_service(f"PostgreSQL at {PG_SERVER_URL} is not reachable: {error}")
-    url = make_url(admin.url).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.engine.dispose()
 
 
 def jobline_command() -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
@@ -21,27 +18,12 @@ from db.models import Base
 from db.records import NewJob
 from db.store import JobStore
 from jobline.settings import Settings
-from tests.conftest import PG_SERVER_URL, missing_service
 
 
 @pytest.fixture
-def empty_pg_settings(tmp_path: Path) -> Iterator[Settings]:
+def empty_pg_settings(empty_pg_url: str, tmp_path: Path) -> Settings:
     """Settings on a brand-new, empty PostgreSQL database, dropped after the test."""
-    admin = create_engine(Settings(database_url=PG_SERVER_URL).resolved_database_url)
-    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
-    name = f"jobline_migrations_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as error:
-        missing_service(f"PostgreSQL at {PG_SERVER_URL} is not reachable: {error}")
-    url = make_url(admin.url).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield Settings(database_url=url, data_dir=tmp_path / "data")
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.engine.dispose()
+    return Settings(database_url=empty_pg_url, data_dir=tmp_path / "data")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

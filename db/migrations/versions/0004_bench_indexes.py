@@ -6,6 +6,9 @@ Why (measured by ``python -m bench``, see the README's "Performance"):
   ``(queue, status, priority, id)`` could not give the claim order (priority descending, then
   oldest first), so every claim sorted all ready jobs of its queue; and it took an entry for
   every job in every status, rewritten at every transition. Now only ready jobs are in it.
+* ``ix_jobs_type_status`` is dropped: it served the counts, which ``job_counts`` now answers, and
+  every transition rewrote an entry in it (no transition is a HOT update: the status is indexed).
+  Listing a job type's jobs in a status uses ``ix_jobs_status_id`` and filters the type.
 * ``ix_jobs_lease`` becomes ``(lease_expires_at) WHERE lease_expires_at IS NOT NULL``: only
   the jobs holding a lease, which is what a sweep of expired leases looks for.
 * ``job_counts``: counts by job type × status on a million jobs took 200-600 ms as a
@@ -66,6 +69,7 @@ def _schema() -> str:
 
 
 def upgrade() -> None:
+    op.drop_index("ix_jobs_type_status", table_name="jobs")
     op.drop_index("ix_jobs_claim", table_name="jobs")
     op.create_index(
         "ix_jobs_claim",
@@ -119,3 +123,4 @@ def downgrade() -> None:
     op.create_index("ix_jobs_lease", "jobs", ["status", "lease_expires_at"])
     op.drop_index("ix_jobs_claim", table_name="jobs")
     op.create_index("ix_jobs_claim", "jobs", ["queue", "status", "priority", "id"])
+    op.create_index("ix_jobs_type_status", "jobs", ["job_type", "status"])
