@@ -688,20 +688,12 @@ class JobStore:
 
     def get_job(self, job_id: int, *, touch: bool = True) -> Job:
         """The job; ``touch`` records the access (``last_accessed_at``) for the expiry policy."""
-        with self.session() as session:
-            if touch:
-                job = session.scalars(
-                    update(Job)
-                    .where(Job.id == job_id)
-                    .values(last_accessed_at=self.clock())
-                    .returning(Job),
-                    execution_options={"synchronize_session": False},
-                ).one_or_none()
-            else:
-                job = session.get(Job, job_id)
-        if job is None:
+        params = {"b_job_id": job_id, "b_now": self.clock()}
+        with self._one_statement() as connection:
+            jobs = _detached_jobs(connection.execute(_get_job_statement(touch), params))
+        if not jobs:
             raise JobNotFound(job_id)
-        return job
+        return jobs[0]
 
     def get_job_by_key(self, job_key: bytes) -> Job | None:
         with self.session() as session:
@@ -1184,6 +1176,20 @@ def _claim_statement(by_type: bool, by_ids: bool, id_array: bool) -> Update:
             lease_expires_at=bindparam("b_lease_expires_at", type_=UtcDateTime()),
             claimed_at=now,
         )
+        .returning(*c)
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _get_job_statement(touch: bool) -> Any:
+    """One job by ``:b_job_id``, as one statement; ``touch`` records the access at ``:b_now``."""
+    c = Job.__table__.c
+    if not touch:
+        return select(*c).where(c.id == bindparam("b_job_id"))
+    return (
+        update(Job.__table__)
+        .where(c.id == bindparam("b_job_id"))
+        .values(last_accessed_at=bindparam("b_now", type_=UtcDateTime()))
         .returning(*c)
     )
 
