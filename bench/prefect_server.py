@@ -38,10 +38,12 @@ def prefect_api(server_url: str) -> Iterator[str]:
         scratch_database(server_url, migrate=False) as database_url,
         tempfile.TemporaryDirectory(prefix="jobline-bench-prefect-") as home,
     ):
-        yield from _serve(database_url, Path(home))
+        yield from serve(database_url, Path(home))
 
 
-def _serve(database_url: str, home: Path) -> Iterator[str]:
+def serve(database_url: str, home: Path) -> Iterator[str]:
+    """Start a Prefect server on the empty database ``database_url``, yield its API URL, stop
+    it afterwards (the test suite's session server is started the same way)."""
     database = make_url(database_url).set(drivername="postgresql+asyncpg")
     port = free_port()
     env = {

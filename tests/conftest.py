@@ -123,9 +123,9 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _serve_prefect(database_url: str, home: Path) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tests.prefect_server import start_prefect_server
+    from bench.prefect_server import serve
 
-    for api_url in start_prefect_server(database_url, home):
+    for api_url in serve(database_url, home):
         os.environ["PREFECT_API_URL"] = api_url
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield api_url

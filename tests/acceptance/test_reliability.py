@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from bench.prefect_server import free_port
 from db import maintenance, outbox
 from db.migrate import upgrade
 from db.records import JobFilter
@@ -36,7 +37,6 @@ from jobline.settings import Settings
 from tasks.maintenance import run_maintenance
 from tests.conftest import missing_service
 from tests.integration.test_amqp import BROKER_URL, Broker, broker  # noqa: F401 - fixture
-from tests.prefect_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "reliability_jobtypes"
