@@ -54,8 +54,10 @@ def stopped_on(
     finished = threading.Event()
 
     def watch() -> None:
-        while not finished.is_set():
-            if cancel.wait(0.2) and not finished.is_set():
+        # Wait on ``finished`` (set the moment the block ends, so the join below returns at
+        # once) and look at ``cancel`` every 0.2 s.
+        while not finished.wait(0.2):
+            if cancel.is_set():
                 stop()
                 stopped.set()
                 return
