@@ -27,22 +27,12 @@ from sqlalchemy.engine import make_url
 
 from bench.data import JOB_TYPE, QUEUE, empty, open_store, ready_jobs
 from bench.report import Measurement, percentile, timed
-from db.statuses import Status
+from db.statuses import HAPPY_PATH, Status
 from db.store import JobStore
 
 S = Status
-#: Every status a processed job passes after ``queued``, in order.
-PATH = (
-    S.QUEUED,
-    S.STARTED,
-    S.PRE_PROCESSING,
-    S.PROCESSING,
-    S.POST_PROCESSING,
-    S.PROCESSED,
-    S.START_PUBLICATION,
-    S.PUBLISHED,
-    S.DONE,
-)
+#: Every status a processed job passes from ``queued`` on, in order.
+PATH = HAPPY_PATH[HAPPY_PATH.index(S.QUEUED) :]
 #: Transitions made holding the worker's lease (the steps present its token).
 LEASED_TARGETS = (S.STARTED, S.PRE_PROCESSING, S.PROCESSING, S.POST_PROCESSING, S.PROCESSED)
 #: Seconds any worker may take before the run is declared hung.
