@@ -9,6 +9,7 @@ and writes it as JSON to ``bench/results/latest.json``. ``--quick`` runs smaller
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ def sizes(quick: bool) -> dict[str, object]:
             ),
             "query": query.QuerySizes(jobs=200_000, repeats=20),
             "pipeline": pipeline.PipelineSizes(
-                jobs=20, memory_small=40, memory_large=160, concurrency=4
+                jobs=20, memory_small=40, memory_large=160, concurrency=4, repeats=1
             ),
         }
     return {
@@ -45,7 +46,7 @@ def sizes(quick: bool) -> dict[str, object]:
         ),
         "query": query.QuerySizes(jobs=1_000_000, repeats=50),
         "pipeline": pipeline.PipelineSizes(
-            jobs=200, memory_small=500, memory_large=2_000, concurrency=4
+            jobs=200, memory_small=500, memory_large=2_000, concurrency=4, repeats=2
         ),
     }
 
@@ -88,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     started = time.perf_counter()
+    load_before = [round(load, 2) for load in os.getloadavg()]
     measurements = run(server_url, args.only or list(BENCHMARKS), args.quick)
     seconds = time.perf_counter() - started
     mode = "quick" if args.quick else "full"
-    write_json(args.output, measurements, machine_facts(server_url), mode, seconds)
+    machine = {**machine_facts(server_url), "load_average_1_5_15_min_before": load_before}
+    write_json(args.output, measurements, machine, mode, seconds)
     print(text_table(measurements))
     if args.markdown:
         print()

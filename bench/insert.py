@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -21,31 +20,9 @@ from sqlalchemy.orm import Session
 from bench.data import empty, open_store, products
 from bench.report import Measurement, timed
 from db.models import Job
+from db.pg_insert import COPY_COLUMNS, copy_row, copy_statement
 from db.records import NewJob, RunIds
 from db.store import JobStore, utcnow
-
-#: Columns written for each job, in COPY order, with their PostgreSQL types.
-COPY_COLUMNS = (
-    ("job_key", "bytea"),
-    ("job_type", "text"),
-    ("queue", "text"),
-    ("priority", "int4"),
-    ("product_id", "text"),
-    ("tile_id", "text"),
-    ("input_path", "text"),
-    ("input_publication_date", "timestamptz"),
-    ("config", "jsonb"),
-    ("input_files", "jsonb"),
-    ("output_files", "jsonb"),
-    ("status", "text"),
-    ("status_seq", "int4"),
-    ("status_changed_at", "timestamptz"),
-    ("status_message", "text"),
-    ("attempts", "int4"),
-    ("max_attempts", "int4"),
-    ("created_at", "timestamptz"),
-    ("last_accessed_at", "timestamptz"),
-)
 
 
 @dataclass
@@ -55,27 +32,18 @@ class InsertSizes:
     repeats: int
 
 
-def copy_row(job: NewJob, now: datetime) -> tuple[Any, ...]:
-    return (
-        job.key, job.job_type, job.queue, job.priority, job.product_id, job.tile_id,
-        job.input_path, job.input_publication_date, job.config, job.input_files, [],
-        job.status.value, 1, now, job.message, 0, job.max_attempts, now, now,
-    )  # fmt: skip
-
-
 def copy_into_bare_table(store: JobStore, jobs: list[NewJob], table: str = "bare_jobs") -> None:
-    """The baseline: the same rows through psycopg's binary COPY into ``bare_jobs`` (or, for the
-    floor of the schema, into ``jobs`` itself, with its indexes and triggers)."""
+    """The baseline: the rows ``insert_jobs`` COPYs (ids 1..N), by psycopg's binary COPY into
+    ``bare_jobs`` (or, for the floor of the schema, into ``jobs`` with its indexes and triggers)."""
     now = utcnow()
-    names = ", ".join(name for name, _ in COPY_COLUMNS)
+    run = RunIds()
     raw = store.engine.raw_connection()
     try:
         connection = raw.driver_connection
-        statement = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
-        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+        with connection.cursor() as cursor, cursor.copy(copy_statement(table)) as copy:
             copy.set_types([kind for _, kind in COPY_COLUMNS])
-            for job in jobs:
-                copy.write_row(copy_row(job, now))
+            for job_id, job in enumerate(jobs, start=1):
+                copy.write_row(copy_row(job_id, job.key, job, now, run))
         connection.commit()
     finally:
         raw.close()

@@ -37,6 +37,7 @@ class PipelineSizes:
     memory_small: int
     memory_large: int
     concurrency: int
+    repeats: int
 
 
 def run_child(
@@ -85,8 +86,13 @@ def run(database_url: str, server_url: str, sizes: PipelineSizes, log: Any) -> l
                 f"peak RSS {report['peak_rss_mb']:.0f} MB")  # fmt: skip
             return report
 
-        baseline = child("baseline", sizes.jobs)
-        pipeline = child("jobline", sizes.jobs)
+        # Interleaved, best of the repeats: the Prefect server gets slower as its database fills.
+        baselines, pipelines = [], []
+        for _ in range(sizes.repeats):
+            baselines.append(child("baseline", sizes.jobs))
+            pipelines.append(child("jobline", sizes.jobs))
+        baseline = min(baselines, key=lambda report: report["seconds"])
+        pipeline = min(pipelines, key=lambda report: report["seconds"])
         small = child("jobline", sizes.memory_small)
         large = child("jobline", sizes.memory_large)
     per_job = pipeline["seconds"] / sizes.jobs * 1000
@@ -105,8 +111,8 @@ def run(database_url: str, server_url: str, sizes: PipelineSizes, log: Any) -> l
             details={
                 "jobs": sizes.jobs,
                 "concurrency": sizes.concurrency,
-                "seconds": pipeline["seconds"],
-                "baseline_seconds": baseline["seconds"],
+                "seconds": [report["seconds"] for report in pipelines],
+                "baseline_seconds": [report["seconds"] for report in baselines],
                 "summary": pipeline["summary"],
             },
         ),
@@ -125,6 +131,7 @@ def run(database_url: str, server_url: str, sizes: PipelineSizes, log: Any) -> l
                 "large_jobs": sizes.memory_large,
                 "small_seconds": small["seconds"],
                 "large_seconds": large["seconds"],
+                "measured_as": "VmHWM of the process running the flow",
             },
         ),
     ]

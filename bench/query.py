@@ -47,7 +47,7 @@ SHARES = {
 PAGE_STATUS = Status.READY
 #: Triggers off while the jobs are written: the status guard (jobs start in any status here) and
 #: the history (not queried). The job counts' triggers stay on.
-SETUP_WITHOUT = ("jobs_guard_status", "jobs_record_insert")
+SETUP_WITHOUT = ("jobs_guard_insert", "jobs_record_insert")
 
 
 @dataclass

@@ -68,7 +68,7 @@ def machine_facts(url: str) -> dict[str, Any]:
         admin.dispose()
     return {
         "cores": os.cpu_count(),
-        "load_average_1_5_15_min": [round(load, 2) for load in os.getloadavg()],
+        "load_average_1_5_15_min_after": [round(load, 2) for load in os.getloadavg()],
         "platform": platform.platform(),
         "python": platform.python_version(),
         "postgresql": server,

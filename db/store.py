@@ -9,7 +9,6 @@ the same transaction.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -43,7 +42,6 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
-    IntegrityError,
     InterfaceError,
     OperationalError,
 )
@@ -56,7 +54,8 @@ from sqlalchemy.orm.attributes import instance_state
 
 from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
-from db.models import Job, JobCount, JobMetadata, JobStatusChange, Meta, UtcDateTime, sql_list
+from db.models import Job, JobCount, JobMetadata, JobStatusChange, Meta, UtcDateTime
+from db.pg_insert import ARRAY_CHUNK, insert_new_jobs
 from db.records import BatchResult, InsertResult, JobFilter, NewJob, Page, RunIds
 from db.statuses import INITIAL, LEASED, TERMINAL, Status, is_legal
 from jobline.exceptions import (
@@ -76,11 +75,6 @@ Clock = Callable[[], datetime]
 
 #: Rows per INSERT statement: well under PostgreSQL's 65,535 bind parameters at 16 columns.
 INSERT_CHUNK = 2_000
-#: Rows per statement where each column goes as ONE array parameter (PostgreSQL): large enough
-#: that the round trips vanish, small enough to keep one statement's memory modest.
-ARRAY_CHUNK = 25_000
-#: Above this many rows, a bulk statement gets more working memory for its transaction.
-BIG_BATCH = 5_000
 #: ``job_counts`` rows (by id span) above which counting folds them first (see migration 0004).
 COUNT_ROWS_TO_FOLD = 2_000
 #: Columns a transition may set besides the status and its context.
@@ -174,11 +168,8 @@ class JobStore:
         """Insert jobs in bulk, idempotently by content key, with their first history rows.
 
         A product whose key exists already (or repeats within ``jobs``) is skipped and reported.
-        On PostgreSQL the stored keys are looked up first with one array parameter (so
-        re-discovering known products costs an index probe each) and the new rows go in through
-        ``unnest`` of array parameters, ``ARRAY_CHUNK`` rows per statement: statements with tens of
-        thousands of placeholders cost more to build and parse than the database spends on the
-        rows. Elsewhere: multi-row ``INSERT … ON CONFLICT (job_key) DO NOTHING RETURNING``.
+        On PostgreSQL see :mod:`db.pg_insert` (a key look-up, then COPY or ``unnest`` arrays);
+        elsewhere multi-row ``INSERT … ON CONFLICT (job_key) DO NOTHING RETURNING``.
         """
         now = self.clock()
         new: dict[bytes, NewJob] = {}
@@ -193,7 +184,7 @@ class JobStore:
             new[key] = job
         with self.session() as session:
             if self.dialect == "postgresql":
-                inserted = self._insert_postgresql(session, new, now, run or RunIds())
+                inserted = insert_new_jobs(session.connection(), new, now, run or RunIds())
             else:
                 inserted = self._insert_portable(session, new, now, run or RunIds())
             inserted.update(self._revive_expired(session, new, inserted, run or RunIds()))
@@ -214,39 +205,6 @@ class JobStore:
         for start in range(0, len(rows), INSERT_CHUNK):
             result = session.execute(statement, rows[start : start + INSERT_CHUNK])
             inserted.update((bytes(key), job_id) for job_id, key in result)
-        return inserted
-
-    def _insert_postgresql(
-        self, session: Session, new: Mapping[bytes, NewJob], now: datetime, run: RunIds
-    ) -> dict[bytes, int]:
-        """Skip the stored keys, then INSERT … SELECT FROM unnest(arrays), in id order."""
-        connection = session.connection()
-        keys = list(new)
-        stored: set[bytes] = set()
-        for start in range(0, len(keys), ARRAY_CHUNK):
-            result = connection.exec_driver_sql(
-                _PG_STORED_KEYS, {"keys": keys[start : start + ARRAY_CHUNK]}
-            )
-            stored.update(bytes(key) for key in result.scalars())
-        fresh = [(key, job) for key, job in new.items() if key not in stored]
-        if len(fresh) > BIG_BATCH:
-            # The history trigger's transition table and the unnested rows stay in memory.
-            connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-        dates = _utc_dates(self.engine.dialect)
-        constants = {"now": now, "flow_run_id": run.flow_run_id, "task_run_id": run.task_run_id}
-        inserted: dict[bytes, int] = {}
-        for start in range(0, len(fresh), ARRAY_CHUNK):
-            params = {**_insert_arrays(fresh[start : start + ARRAY_CHUNK], dates), **constants}
-            try:
-                # A plain INSERT: ON CONFLICT's speculative insertion costs 8% more, for the rare
-                # key that another transaction inserted since the look-up.
-                with connection.begin_nested():
-                    rows = connection.exec_driver_sql(_PG_INSERT_ARRAYS, params).all()
-            except IntegrityError as error:
-                if "uq_jobs_job_key" not in str(error.orig):
-                    raise
-                rows = connection.exec_driver_sql(_PG_INSERT_ARRAYS_SKIPPING, params).all()
-            inserted.update((bytes(key), job_id) for job_id, key in rows)
         return inserted
 
     def _insert_statement(self) -> Any:
@@ -975,81 +933,6 @@ class JobStore:
         )
         with self.session() as session:
             session.execute(statement)
-
-
-#: The keys of ``keys`` (a bytea[]) that jobs already have (PostgreSQL). A join, not
-#: ``= ANY(keys)``: without fresh statistics the planner may filter a sequential scan of jobs
-#: through the whole array for each row.
-_PG_STORED_KEYS = (
-    "SELECT jobs.job_key FROM unnest(CAST(%(keys)b AS bytea[])) AS k(job_key) "
-    "JOIN jobs ON jobs.job_key = k.job_key"
-)
-
-#: New jobs from one array per column, zipped by ``ROWS FROM``; the JSON columns come as one
-#: JSON array each (one ``json.dumps`` per column instead of one per row). The batch's constants
-#: are plain parameters. Ids follow the order of the arrays: an INSERT … SELECT runs serially and
-#: a function scan returns its rows in order (an ORDER BY on an ordinality column would sort
-#: every row again: 18% of the statement's time). Parameters are bound in binary
-#: (``%(name)b``): psycopg dumps a list of 100,000 values in binary in a few ms, in text (with
-#: escaping) far slower.
-_PG_INSERT_ARRAYS = f"""
-INSERT INTO jobs (
-    job_key, job_type, queue, priority, product_id, tile_id, input_path,
-    input_publication_date, config, input_files, status, status_message, max_attempts,
-    output_files, status_seq, status_changed_at, flow_run_id, task_run_id, attempts,
-    created_at, last_accessed_at, finished_at)
-SELECT
-    r.job_key, r.job_type, r.queue, r.priority, r.product_id, r.tile_id, r.input_path,
-    r.input_publication_date, r.config::jsonb, r.input_files::jsonb, r.status, r.status_message,
-    r.max_attempts, '[]'::jsonb, 1, %(now)b, %(flow_run_id)b, %(task_run_id)b, 0, %(now)b,
-    %(now)b,
-    CASE WHEN r.status IN ({sql_list(TERMINAL)}) THEN CAST(%(now)b AS timestamptz) END
-FROM ROWS FROM (
-    unnest(CAST(%(job_key)b AS bytea[])), unnest(CAST(%(job_type)b AS text[])),
-    unnest(CAST(%(queue)b AS text[])), unnest(CAST(%(priority)b AS integer[])),
-    unnest(CAST(%(product_id)b AS text[])), unnest(CAST(%(tile_id)b AS text[])),
-    unnest(CAST(%(input_path)b AS text[])),
-    unnest(CAST(%(input_publication_date)b AS timestamptz[])),
-    json_array_elements(CAST(%(config)b AS json)),
-    json_array_elements(CAST(%(input_files)b AS json)),
-    unnest(CAST(%(status)b AS text[])), unnest(CAST(%(status_message)b AS text[])),
-    unnest(CAST(%(max_attempts)b AS integer[]))
-) AS r(
-    job_key, job_type, queue, priority, product_id, tile_id, input_path,
-    input_publication_date, config, input_files, status, status_message, max_attempts)
-"""
-#: The same, skipping the keys another transaction inserted meanwhile.
-_PG_INSERT_ARRAYS_SKIPPING = _PG_INSERT_ARRAYS + "ON CONFLICT (job_key) DO NOTHING\n"
-_PG_INSERT_ARRAYS += "RETURNING id, job_key\n"
-_PG_INSERT_ARRAYS_SKIPPING += "RETURNING id, job_key\n"
-
-
-def _utc_dates(dialect: Any) -> Callable[[datetime | None], datetime | None]:
-    """The check and conversion :class:`UtcDateTime` applies to a bound datetime."""
-    column_type = UtcDateTime()
-    return lambda value: column_type.process_bind_param(value, dialect)
-
-
-def _insert_arrays(
-    chunk: Sequence[tuple[bytes, NewJob]], dates: Callable[[datetime | None], datetime | None]
-) -> dict[str, Any]:
-    """The per-job columns of ``_PG_INSERT_ARRAYS``: a list each, JSON columns as JSON text."""
-    jobs = [job for _, job in chunk]
-    return {
-        "job_key": [key for key, _ in chunk],
-        "job_type": [job.job_type for job in jobs],
-        "queue": [job.queue for job in jobs],
-        "priority": [job.priority for job in jobs],
-        "product_id": [job.product_id for job in jobs],
-        "tile_id": [job.tile_id for job in jobs],
-        "input_path": [job.input_path for job in jobs],
-        "input_publication_date": [dates(job.input_publication_date) for job in jobs],
-        "config": json.dumps([job.config for job in jobs]),
-        "input_files": json.dumps([job.input_files for job in jobs]),
-        "status": [job.status.value for job in jobs],
-        "status_message": [job.message for job in jobs],
-        "max_attempts": [job.max_attempts for job in jobs],
-    }
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,21 @@ def test_upgrade_twice_on_an_empty_postgresql_database(empty_pg_url: str, tmp_pa
                     "AND NOT tgisinternal"
                 )
             )
-            # The status guard and the history (and, since 0004, the job counts' triggers).
-            assert {"jobs_guard_status", "jobs_record_insert", "jobs_record_update"} <= set(
-                triggers.scalars()
-            )
+            # The status guard (row triggers with WHEN clauses since 0005), the history, and
+            # since 0004 the job counts.
+            assert set(triggers.scalars()) == {
+                "jobs_guard_insert",
+                "jobs_guard_insert_terminal",
+                "jobs_guard_raw_change",
+                "jobs_guard_status",
+                "jobs_guard_terminal",
+                "jobs_record_insert",
+                "jobs_record_update",
+                "jobs_count_insert",
+                "jobs_count_update",
+                "jobs_count_delete",
+                "jobs_count_truncate",
+            }
     finally:
         engine.dispose()
 

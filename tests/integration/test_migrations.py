@@ -126,3 +126,57 @@ def assert_guard_works(store: JobStore) -> None:
         c.execute(text("UPDATE jobs SET status = 'ready' WHERE id = :id"), {"id": job_id})
     store.transition(job_id, "configured", expected_from="initialized")
     assert [change.to_status for change in store.history(job_id)] == ["initialized", "configured"]
+
+
+def test_0005_replaces_the_first_guard_layout(empty_pg_settings: Settings) -> None:
+    """A database migrated before 0005 had one row trigger on jobs calling
+    ``jobs_guard_status()`` on every write; upgrading leaves only the WHEN-clause triggers."""
+    upgrade(empty_pg_settings, "0004")
+    engine = make_engine(empty_pg_settings)
+    try:
+        with engine.begin() as connection:
+            for trigger in row_triggers(connection):
+                connection.execute(text(f"DROP TRIGGER {trigger} ON jobline.jobs"))
+            connection.execute(
+                text(
+                    "CREATE FUNCTION jobline.jobs_guard_status() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $fn$ BEGIN RETURN NEW; END $fn$"
+                )
+            )
+            connection.execute(
+                text(
+                    "CREATE TRIGGER jobs_guard_status BEFORE INSERT OR UPDATE ON jobline.jobs "
+                    "FOR EACH ROW EXECUTE FUNCTION jobline.jobs_guard_status()"
+                )
+            )
+        assert upgrade(empty_pg_settings) == head_revision()
+        with engine.connect() as connection:
+            assert row_triggers(connection) == {
+                "jobs_guard_insert": "jobs_refuse_status",
+                "jobs_guard_insert_terminal": "jobs_set_finished",
+                "jobs_guard_raw_change": "jobs_raw_change",
+                "jobs_guard_status": "jobs_refuse_status",
+                "jobs_guard_terminal": "jobs_set_finished",
+            }
+            legacy = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_proc WHERE proname = 'jobs_guard_status' "
+                    "AND pronamespace = 'jobline'::regnamespace"
+                )
+            )
+            assert legacy.scalar_one() == 0
+        assert_guard_works(JobStore(engine))
+    finally:
+        engine.dispose()
+
+
+def row_triggers(connection: Connection) -> dict[str, str]:
+    """The BEFORE row triggers on jobs (the guard's), with the function each calls."""
+    rows = connection.execute(
+        text(
+            "SELECT tgname, tgfoid::regproc::text FROM pg_trigger "
+            "WHERE tgrelid = 'jobline.jobs'::regclass AND NOT tgisinternal "
+            "AND tgtype & 2 = 2 AND tgtype & 1 = 1"  # TRIGGER_TYPE_BEFORE, TRIGGER_TYPE_ROW
+        )
+    )
+    return {name: function.removeprefix("jobline.") for name, function in rows}

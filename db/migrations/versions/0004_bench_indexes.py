@@ -11,7 +11,7 @@ Why (measured by ``python -m bench``, see the README's "Performance"):
   Listing a job type's jobs in a status uses ``ix_jobs_status_id`` and filters the type.
 * ``ix_jobs_lease`` becomes ``(lease_expires_at) WHERE lease_expires_at IS NOT NULL``: only
   the jobs holding a lease, which is what a sweep of expired leases looks for.
-* ``job_counts``: counts by job type × status on a million jobs took 200-600 ms as a
+* ``job_counts``: counts by job type x status on a million jobs took 200-600 ms as a
   ``GROUP BY`` over the table. Statement-level triggers on ``jobs`` now append the change of each
   (job type, status) count made by each statement (one row per pair that changed, never an
   update: concurrent writers share no row and wait for nobody). The counts are the sums;
