@@ -84,7 +84,15 @@ COPY_COLUMNS = (
     ("last_accessed_at", "timestamptz"),
     ("finished_at", "timestamptz"),
 )
-COPY_JOBS = f"COPY jobs ({', '.join(name for name, _ in COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+
+def copy_statement(table: str = "jobs") -> str:
+    """The binary COPY of ``COPY_COLUMNS`` into ``table``."""
+    columns = ", ".join(name for name, _ in COPY_COLUMNS)
+    return f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)"
+
+
+COPY_JOBS = copy_statement()
 
 #: New jobs from one array per column, zipped by ``ROWS FROM``; the JSON columns come as one
 #: JSON array each (one ``json.dumps`` per column instead of one per row). The batch's constants
