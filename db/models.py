@@ -224,8 +224,8 @@ class Publication(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(BigId, ForeignKey("jobs.id", ondelete="CASCADE"))
     product_id: Mapped[str] = mapped_column(String(300))
-    # Deterministic (job key, product id): a re-sent message carries the same id, so consumers
-    # dedupe on it.
+    # Deterministic (job key, product id, run after expiry: db.outbox.message_id_for): a re-sent
+    # message carries the same id, so consumers dedupe on it.
     message_id: Mapped[str] = mapped_column(String(64), unique=True)
     body: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
     status: Mapped[str] = mapped_column(String(16), default="pending")

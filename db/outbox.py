@@ -12,7 +12,7 @@ Publishing a job is two steps that can each fail on their own:
 
 Delivery is at least once: a sender that crashes between the sink's confirmation and
 :func:`mark_sent` sends that row again later. ``message_id`` is deterministic (job key, product
-id), so consumers dedupe on it.
+id, and the job's run: see :func:`message_id_for`), so consumers dedupe on it.
 
 Claims: :func:`pending` claims rows with a short lease (``lease_expires_at``) in one UPDATE; on
 PostgreSQL the candidates are locked ``FOR UPDATE SKIP LOCKED`` so concurrent senders never claim
@@ -31,7 +31,7 @@ from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Job, Publication
+from db.models import Job, JobStatusChange, Publication
 from db.records import RunIds, content_key
 from db.statuses import Status
 from db.store import INSERT_CHUNK, JobStore
@@ -45,9 +45,31 @@ DEFAULT_LEASE = timedelta(seconds=120)
 MAX_ERROR_LENGTH = 2_000
 
 
-def message_id_for(job_key: bytes, product_id: str) -> str:
-    """The deterministic message id of one output product of a job (32 hex digits)."""
-    return content_key(job_key.hex(), product_id).hex()
+def message_id_for(job_key: bytes, product_id: str, rerun: int = 0) -> str:
+    """The deterministic message id of one output product of a job (32 hex digits).
+
+    ``rerun`` counts how often the job ran again after it expired (its ``expired -> initialized``
+    changes): a re-run makes new outputs, whose messages must reach consumers that dedupe on the
+    id, while every attempt within one run queues the same ids again. The first run's ids are
+    those of (job key, product id) alone."""
+    parts = (job_key.hex(), product_id) + ((f"rerun-{rerun}",) if rerun else ())
+    return content_key(*parts).hex()
+
+
+def reruns_of(session: Session, job_id: int) -> int:
+    """How often the job was requested again after it expired, according to its history."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(JobStatusChange)
+            .where(
+                JobStatusChange.job_id == job_id,
+                JobStatusChange.from_status == Status.EXPIRED.value,
+                JobStatusChange.to_status == Status.INITIALIZED.value,
+            )
+        )
+        or 0
+    )
 
 
 def start_publication(
@@ -72,9 +94,10 @@ def start_publication(
         job_key = session.scalar(select(Job.job_key).where(Job.id == job_id))
         if job_key is None:
             raise JobNotFound(job_id)
+        rerun = reruns_of(session, job_id)
         rows: dict[str, dict[str, Any]] = {}
         for product_id, body in messages:
-            message_id = message_id_for(bytes(job_key), product_id)
+            message_id = message_id_for(bytes(job_key), product_id, rerun)
             rows.setdefault(message_id, _new_row(job_id, product_id, message_id, body, now))
         insert = _insert(store).on_conflict_do_nothing(index_elements=["message_id"])
         chunk = list(rows.values())

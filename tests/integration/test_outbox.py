@@ -39,12 +39,17 @@ def processed_job(store: JobStore, product_id: str = "P1", queue: str = "outbox"
     (job_id,) = store.insert_jobs(
         [NewJob(job_type="tests:Outbox", product_id=product_id, queue=queue)]
     ).inserted_ids
+    walk_to_processed(store, job_id, queue)
+    return job_id
+
+
+def walk_to_processed(store: JobStore, job_id: int, queue: str = "outbox") -> None:
+    """An ``initialized`` job through the legal transitions to ``processed``."""
     store.transition(job_id, Status.CONFIGURED, expected_from=Status.INITIALIZED)
     store.transition(job_id, Status.READY, expected_from=Status.CONFIGURED)
     (claimed,) = store.claim(queue, 1, "test-worker")
     for origin, target in TO_PROCESSED:
         store.transition(job_id, target, expected_from=origin, lease_token=claimed.lease_token)
-    return job_id
 
 
 def messages(job: str, count: int = 2) -> list[tuple[str, dict[str, Any]]]:
@@ -108,6 +113,30 @@ def test_start_publication_from_a_wrong_status_writes_nothing(store: JobStore) -
 
     assert outbox.publications_of(store, job_id) == []
     assert store.get_job(job_id).status == Status.INITIALIZED
+
+
+def test_a_job_run_again_after_it_expired_publishes_new_messages(store: JobStore) -> None:
+    """Each run's products are new messages for consumers that dedupe on the id; the first run
+    keeps the ids of (job key, product id)."""
+    job_id = processed_job(store, "again")
+    key = store.get_job(job_id).job_key
+    sink = RecordingSink()
+    runs: list[list[str]] = []
+    for run in range(3):
+        if run:
+            store.transition(job_id, Status.EXPIRED, expected_from=Status.DONE)
+            revived = store.insert_jobs([NewJob("tests:Outbox", "again", queue="outbox")])
+            assert revived.inserted_ids == [job_id]
+            walk_to_processed(store, job_id)
+        runs.append(outbox.start_publication(store, job_id, messages("again")))
+        assert deliver_pending(store, sink).finished_jobs == [job_id]
+        assert store.get_job(job_id).status == Status.DONE
+
+    assert runs[0] == [outbox.message_id_for(key, f"FSC_again_{n}") for n in range(2)]
+    assert runs[2] == [outbox.message_id_for(key, f"FSC_again_{n}", 2) for n in range(2)]
+    assert len({message_id for ids in runs for message_id in ids}) == 6
+    assert [message_id for message_id, _ in sink.sent] == [i for ids in runs for i in ids]
+    assert all(row.status == "sent" for row in outbox.publications_of(store, job_id))
 
 
 # ------------------------------------------------------------------------- claims and marks
