@@ -40,6 +40,13 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 
 
+def require_aware(value: datetime, field: str | None = None) -> None:
+    """Refuse a naive datetime: jobline stores UTC-aware ones (``field`` names it in the error)."""
+    if value.tzinfo is None:
+        where = f"{field}: " if field else ""
+        raise ValueError(f"{where}naive datetime {value!r}: jobline stores UTC-aware datetimes")
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone of its own)."""
 
@@ -49,8 +56,7 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: jobline stores UTC-aware datetimes")
+        require_aware(value)
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 

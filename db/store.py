@@ -182,12 +182,13 @@ class JobStore:
                 skipped.append(job.product_id)
                 continue
             new[key] = job
+        run = run or RunIds()
         with self.session() as session:
             if self.dialect == "postgresql":
-                inserted = insert_new_jobs(session.connection(), new, now, run or RunIds())
+                inserted = insert_new_jobs(session.connection(), new, now, run)
             else:
-                inserted = self._insert_portable(session, new, now, run or RunIds())
-            inserted.update(self._revive_expired(session, new, inserted, run or RunIds()))
+                inserted = self._insert_portable(session, new, now, run)
+            inserted.update(self._revive_expired(session, new, inserted, run))
         skipped.extend(job.product_id for key, job in new.items() if key not in inserted)
         return InsertResult(inserted=inserted, skipped=skipped)
 
