@@ -77,6 +77,8 @@ Clock = Callable[[], datetime]
 INSERT_CHUNK = 2_000
 #: ``job_counts`` rows (by id span) above which counting folds them first (see migration 0004).
 COUNT_ROWS_TO_FOLD = 2_000
+#: The ``meta`` key of the store's identity (:meth:`JobStore.store_id`).
+STORE_ID_KEY = "store_id"
 #: Columns a transition may set besides the status and its context.
 TRANSITION_FIELDS = frozenset(
     {
@@ -924,6 +926,21 @@ class JobStore:
         with self.session() as session:
             row = session.get(Meta, key)
         return row.value if row else None
+
+    def store_id(self) -> str:
+        """This job store's identity: a random id made on first use and kept in ``meta``.
+
+        Job containers carry it (label ``jobline.store``), so two job stores sharing one Docker
+        engine never take each other's containers for leftovers or orphans. Read each time
+        (one primary-key look-up), so a store emptied under a running process is not confused.
+        """
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        statement = module.insert(Meta.__table__).values(
+            key=STORE_ID_KEY, value=uuid.uuid4().hex, updated_at=self.clock()
+        )
+        with self.session() as session:
+            session.execute(statement.on_conflict_do_nothing(index_elements=["key"]))
+            return session.get_one(Meta, STORE_ID_KEY).value
 
     def set_meta(self, key: str, value: str) -> None:
         module = postgresql if self.dialect == "postgresql" else sqlite

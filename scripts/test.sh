@@ -2,9 +2,12 @@
 # The test command of the README: installs what the tests need, then runs them all.
 #
 # - a Docker engine (scripts/ensure-docker.sh: docker.io and busybox-static from apt, dockerd);
-# - jobline with its test extra (pip);
+# - a virtual environment .venv with jobline and its test extra, at the exact versions of
+#   constraints.txt, checked by `pip check` (a venv, so packages the machine's own Python carries
+#   can neither break nor hide a requirement);
 # - the test suite (pytest), against the PostgreSQL and RabbitMQ servers on 127.0.0.1.
 # With CI=true a missing service fails the run; elsewhere the tests that need it are skipped.
+# Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +18,9 @@ if ! bash scripts/ensure-docker.sh; then
     fi
     echo "test.sh: no Docker engine; the container tests will be skipped" >&2
 fi
-python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+python -m pip check
 exec python -m pytest "$@"

@@ -212,7 +212,9 @@ def _remove_orphans(ctx: steps.StepContext, report: MaintenanceReport) -> None:
     client = docker.from_env()
     try:
         report.containers_removed = remove_orphan_containers(
-            client, lambda listed: maintenance.leased_job_ids(ctx.store, listed)
+            client,
+            lambda listed: maintenance.leased_job_ids(ctx.store, listed),
+            ctx.store.store_id(),
         )
     finally:
         client.close()

@@ -324,6 +324,7 @@ def run_container(
                 network=job_type.network,
                 on_line=lambda line: ctx.log(f"job {job.id} | {line}"),
                 cancel=lease.lost,
+                store_id=store.store_id(),
             )
         )
         if lease.lost.is_set():

@@ -39,6 +39,9 @@ class RunRequest:
     on_line: Callable[[str], None] | None = None
     #: Set when the worker lost the job's lease: the runner stops the processing at once.
     cancel: threading.Event | None = None
+    #: The job store's identity (:meth:`db.store.JobStore.store_id`): a job id is only unique
+    #: within one store, so containers are named and found by both.
+    store_id: str = ""
 
 
 @contextmanager

@@ -29,7 +29,9 @@ from jobline.settings import Settings, get_settings
 from tasks.runners.base import RunRequest, RunResult, stopped_on
 from tasks.runners.flavors import Flavor, flavor_table, resolve_flavor
 
-#: Labels put on every job container; ``jobline.job_id`` finds a job's leftovers and orphans.
+#: Labels put on every job container; ``jobline.store`` and ``jobline.job_id`` together find a
+#: job's leftovers, ``jobline.store`` the orphans of one job store.
+STORE_LABEL = "jobline.store"
 JOB_ID_LABEL = "jobline.job_id"
 JOB_KEY_LABEL = "jobline.job_key"
 ATTEMPT_LABEL = "jobline.attempt"
@@ -57,9 +59,18 @@ def docker_available(timeout: float = 2.0) -> bool:
         client.close()
 
 
-def container_name(job_id: int, attempt: int) -> str:
-    """The name of a job attempt's container."""
-    return f"jobline-job-{job_id}-a{attempt}"
+def container_name(job_id: int, attempt: int, store_id: str = "") -> str:
+    """The name of a job attempt's container (unique per job store, whose id it starts with)."""
+    store = f"{store_id[:8]}-" if store_id else ""
+    return f"jobline-{store}job-{job_id}-a{attempt}"
+
+
+def store_filter(store_id: str, job_id: int | None = None) -> dict[str, list[str]]:
+    """The engine's label filter for one job store's containers (of one job, if given)."""
+    labels = [f"{STORE_LABEL}={store_id}"] if store_id else [JOB_ID_LABEL]
+    if job_id is not None:
+        labels.append(f"{JOB_ID_LABEL}={job_id}")
+    return {"label": labels}
 
 
 def default_container_user() -> str:
@@ -71,14 +82,18 @@ def default_container_user() -> str:
 def remove_orphan_containers(
     client: docker.DockerClient,
     keep_job_ids: Iterable[int] | Callable[[set[int]], Iterable[int]],
+    store_id: str,
 ) -> list[str]:
-    """Remove every jobline container whose job is not in ``keep_job_ids`` (the jobs in
-    progress); returns the names of the removed containers.
+    """Remove every container of the job store ``store_id`` whose job is not in
+    ``keep_job_ids`` (the jobs in progress); returns the names of the removed containers.
+    Containers of other job stores sharing the engine, and unlabelled ones, are left alone.
 
     ``keep_job_ids`` may be a function of the listed containers' job ids, called after the
     listing: a job that starts its container meanwhile is then not mistaken for an orphan.
     """
-    containers = client.containers.list(all=True, filters={"label": JOB_ID_LABEL})
+    if not store_id:
+        raise ValueError("store_id: orphans are only ever looked for within one job store")
+    containers = client.containers.list(all=True, filters=store_filter(store_id))
     if callable(keep_job_ids):
         labels = (container.labels.get(JOB_ID_LABEL, "") for container in containers)
         keep_job_ids = keep_job_ids({int(label) for label in labels if label.isdigit()})
@@ -127,7 +142,7 @@ class DockerRunner:
         flavor = self.flavor(request.flavor)
         image_id = self.resolve_image(request.image)
         self._prepare_work_dir(request.work_dir)
-        self.remove_leftovers(request.job_id)
+        self.remove_leftovers(request.job_id, request.store_id)
         container = self._create(request, flavor, image_id)
         try:
             return self._run_container(container, request, flavor, image_id)
@@ -170,12 +185,12 @@ class DockerRunner:
         except _ENGINE_ERRORS as error:
             raise _engine_error(f"pull image {image!r}", error) from None
 
-    def remove_leftovers(self, job_id: int) -> list[str]:
+    def remove_leftovers(self, job_id: int, store_id: str = "") -> list[str]:
         """Remove containers left by earlier attempts of the job (a crashed worker's)."""
         leftovers = self._engine_call(
             "list the job's containers",
             lambda: self.client.containers.list(
-                all=True, filters={"label": f"{JOB_ID_LABEL}={job_id}"}
+                all=True, filters=store_filter(store_id, job_id)
             ),
         )
         for container in leftovers:
@@ -195,8 +210,9 @@ class DockerRunner:
         work = request.work_dir.resolve()
         options: dict[str, Any] = {
             "command": request.command or None,
-            "name": container_name(request.job_id, request.attempt),
+            "name": container_name(request.job_id, request.attempt, request.store_id),
             "labels": {
+                STORE_LABEL: request.store_id,
                 JOB_ID_LABEL: str(request.job_id),
                 JOB_KEY_LABEL: request.job_key,
                 ATTEMPT_LABEL: str(request.attempt),

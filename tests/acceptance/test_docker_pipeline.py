@@ -51,8 +51,11 @@ def docker_settings(
     )
 
 
-def leftover_containers(client: object) -> list[object]:
-    return client.containers.list(all=True, filters={"label": "jobline.job_id"})  # type: ignore[attr-defined]
+def leftover_containers(client: object, store: JobStore) -> list[object]:
+    """Containers of this test's job store (other stores may share the engine)."""
+    from tasks.runners.docker import store_filter
+
+    return client.containers.list(all=True, filters=store_filter(store.store_id()))  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
@@ -76,7 +79,7 @@ def test_demo_jobs_run_in_containers(docker_settings: Settings, docker_client: o
         assert run.limits["memory_mib"] == 256 and run.limits["network"] == "none"
         assert any("wrote FSC_" in line for line in run.log_tail)
         assert set(store.list_metadata(job.id)) == set(METADATA_KEYS)
-    assert leftover_containers(docker_client) == []
+    assert leftover_containers(docker_client, store) == []
 
 
 @pytest.mark.slow
@@ -106,4 +109,4 @@ def test_retry_timeout_and_missing_image_in_containers(
     assert "external_error" in statuses(store, jobs["flaky-1"].id)
     assert "timed out after 3 s" in (jobs["sleepy-1"].last_error or "")
     assert "jobline-test/absent:404" in (jobs["noimage-1"].last_error or "")
-    assert leftover_containers(docker_client) == []
+    assert leftover_containers(docker_client, store) == []

@@ -230,9 +230,12 @@ def docker_client() -> Iterator[object]:
     client.close()
 
 
-def job_containers(client: object, job_id: int) -> list[object]:
+def job_containers(client: object, store: JobStore, job_id: int) -> list[object]:
+    """The job's containers (job ids are per store, and other stores may share the engine)."""
+    from tasks.runners.docker import store_filter
+
     return client.containers.list(  # type: ignore[attr-defined]
-        all=True, filters={"label": f"jobline.job_id={job_id}"}
+        all=True, filters=store_filter(store.store_id(), job_id)
     )
 
 
@@ -274,7 +277,7 @@ def test_a_worker_killed_mid_container_is_rescued_and_its_job_published_once(
         wait_for(
             lambda: (
                 store.get_job(job_id, touch=False).status == "processing"
-                and any(c.status == "running" for c in job_containers(docker_client, job_id))
+                and any(c.status == "running" for c in job_containers(docker_client, store, job_id))
             ),
             "the worker's container to run",
         )
@@ -285,7 +288,7 @@ def test_a_worker_killed_mid_container_is_rescued_and_its_job_published_once(
     finally:
         if worker.poll() is None:
             worker.kill()
-    (orphan,) = job_containers(docker_client, job_id)
+    (orphan,) = job_containers(docker_client, store, job_id)
     assert orphan.status == "running", "the container outlives its killed worker"
 
     wait_for(lambda: job_id in maintenance.expired_leases(store, store.clock()), "lease expiry")
@@ -295,7 +298,7 @@ def test_a_worker_killed_mid_container_is_rescued_and_its_job_published_once(
 
     assert report.rescued == [job_id]
     assert report.containers_removed == [orphan.name]
-    assert job_containers(docker_client, job_id) == []
+    assert job_containers(docker_client, store, job_id) == []
     assert store.get_job(job_id).status == "ready"
 
     from flows.process import process_job
@@ -317,7 +320,7 @@ def test_a_worker_killed_mid_container_is_rescued_and_its_job_published_once(
     assert [props.message_id for props, _body in received] == [rows[0].message_id], (
         "exactly one message per product"
     )
-    assert job_containers(docker_client, job_id) == []
+    assert job_containers(docker_client, store, job_id) == []
 
 
 # ------------------------------------------------------------------- a slow, live worker

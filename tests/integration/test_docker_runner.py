@@ -20,6 +20,7 @@ from jobline.settings import Settings
 from tasks.runners.base import RunRequest
 from tasks.runners.docker import (
     JOB_ID_LABEL,
+    STORE_LABEL,
     DockerRunner,
     container_name,
     docker_available,
@@ -292,22 +293,31 @@ def test_lines_reach_on_line_in_order_and_the_tail_keeps_the_last_ones(
     assert result.log_tail == expected[-50:]
 
 
-def test_remove_orphan_containers_keeps_the_jobs_in_progress(
+def test_remove_orphan_containers_keeps_the_jobs_in_progress_and_other_stores(
     docker_client, probe_image, job_id, tmp_path
 ):
     orphan_job = job_id + 1
-    created = [
-        docker_client.containers.create(
-            probe_image, ["true"], name=container_name(job, 1), labels={JOB_ID_LABEL: str(job)}
+    ours, theirs = uuid.uuid4().hex, uuid.uuid4().hex
+
+    def create(job: int, store: str) -> Any:
+        return docker_client.containers.create(
+            probe_image,
+            ["true"],
+            name=container_name(job, 1, store),
+            labels={JOB_ID_LABEL: str(job), STORE_LABEL: store},
         )
-        for job in (job_id, orphan_job)
-    ]
+
+    # The other store's container has the orphan's job id: only the store tells them apart.
+    created = [create(job_id, ours), create(orphan_job, ours), create(orphan_job, theirs)]
     try:
-        removed = remove_orphan_containers(docker_client, keep_job_ids=[job_id])
-        assert container_name(orphan_job, 1) in removed
-        assert container_name(job_id, 1) not in removed
-        assert _containers_of(docker_client, orphan_job) == []
+        removed = remove_orphan_containers(docker_client, keep_job_ids=[job_id], store_id=ours)
+        assert removed == [container_name(orphan_job, 1, ours)]
+        assert [c.name for c in _containers_of(docker_client, orphan_job)] == [
+            container_name(orphan_job, 1, theirs)
+        ]
         assert len(_containers_of(docker_client, job_id)) == 1
+        with pytest.raises(ValueError, match="store_id"):
+            remove_orphan_containers(docker_client, keep_job_ids=[], store_id="")
     finally:
         for container in created:
             with contextlib.suppress(docker.errors.NotFound):
