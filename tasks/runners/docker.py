@@ -189,9 +189,7 @@ class DockerRunner:
         """Remove containers left by earlier attempts of the job (a crashed worker's)."""
         leftovers = self._engine_call(
             "list the job's containers",
-            lambda: self.client.containers.list(
-                all=True, filters=store_filter(store_id, job_id)
-            ),
+            lambda: self.client.containers.list(all=True, filters=store_filter(store_id, job_id)),
         )
         for container in leftovers:
             _remove_quietly(container)
