@@ -2,7 +2,8 @@
 ``LiveDep`` (and ``AuthDep``, from :mod:`api.auth`).
 
 The application state (one store, one notice hub and one live feed per process) is made by the
-app's lifespan in :mod:`api.app`; routes never build their own.
+app's lifespan in :mod:`api.app`; routes never build their own. The getters are ``async``: FastAPI
+would run plain functions in its thread pool, a thread hop per dependency and request.
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ from db.store import JobStore
 from jobline.settings import Settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_hub(request: Request) -> NoticeHub:
+async def get_hub(request: Request) -> NoticeHub:
     return request.app.state.hub
 
 
-def get_live(request: Request) -> LiveFeed:
+async def get_live(request: Request) -> LiveFeed:
     return request.app.state.live
 
 

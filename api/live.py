@@ -5,8 +5,9 @@ A server holds one :class:`LiveFeed`. It listens through the process's one
 each notice, reads the new history rows ONCE (:class:`~db.notify.StatusFeed`, which delivers
 each committed change exactly once and in id order), keeps the latest :data:`BUFFERED` events in
 memory and wakes the subscribers they concern. However many streams and waits are open, a
-status change costs one read of the history, and an idle server one read every
-:data:`IDLE_RECHECK` seconds (a safety net for lost notices), not one per client.
+status change costs one read of the history (changes closer together than
+:data:`MIN_READ_INTERVAL` share one), and an idle server one read every :data:`IDLE_RECHECK`
+seconds (a safety net for lost notices), not one per client.
 
 A :class:`Subscription` starts after a history id. While that id is older than the buffer (a
 stream resuming from ``Last-Event-ID``, or a client that fell behind), it reads the history
@@ -37,6 +38,9 @@ BUFFERED = 10_000
 IDLE_RECHECK = 15.0
 #: Seconds before reading again after a failed read (the database is away).
 RETRY_AFTER_FAILURE = 1.0
+#: Shortest time between two reads: changes that come faster reach the streams together, one
+#: read and one write per stream for the lot (a change after a quiet spell is read at once).
+MIN_READ_INTERVAL = 0.05
 
 
 class LiveFeed:
@@ -49,11 +53,14 @@ class LiveFeed:
         *,
         buffered: int = BUFFERED,
         idle_recheck: float = IDLE_RECHECK,
+        min_read_interval: float = MIN_READ_INTERVAL,
     ) -> None:
         self.store = store
         self.hub = hub
         self.buffered = buffered
         self.idle_recheck = idle_recheck
+        self.min_read_interval = min_read_interval
+        self._last_read = float("-inf")
         #: Every change with an id up to here has been read (or passed over, see StatusFeed).
         self.cursor = 0
         #: The buffer holds every change with ``base < id <= cursor``.
@@ -118,7 +125,11 @@ class LiveFeed:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 self._suspect_reset = not feed.waiting_on_gap
+            pause = self._last_read + self.min_read_interval - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._wake.clear()
+            self._last_read = loop.time()
             try:
                 events = await loop.run_in_executor(self._reader, _read_all, feed)
                 if self._suspect_reset and not events:

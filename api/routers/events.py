@@ -11,31 +11,35 @@ history id order. Where the stream starts:
 A client that reconnects with the last id it received misses nothing and gets nothing twice
 (see :class:`db.notify.StatusFeed`). Streams hold no database connection of their own: they
 take their changes from the server's one live feed (:mod:`api.live`), driven by PostgreSQL
-notifications (polling on SQLite); FastAPI sends keep-alive comments when a stream is idle.
+notifications (polling on SQLite), and send a keep-alive comment after 15 s of silence.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from api.deps import LiveDep, SettingsDep, StoreDep
 from api.errors import json_error_responses
+from api.live import LiveFeed
 from api.routers.jobs import stored_job_type
 from api.schemas import INT64_MAX, OptionalText, StatusEventOut
+from db.notify import StatusEvent
 from db.store import JobStore
 
 router = APIRouter(tags=["events"])
 
 #: Milliseconds a browser waits before reconnecting.
 RECONNECT_MS = 1000
-#: Seconds a stream waits for changes at a time (keep-alive comments are FastAPI's).
-WAIT_SECONDS = 60.0
+#: Seconds of silence after which a stream sends a keep-alive comment.
+KEEPALIVE_SECONDS = 15.0
+KEEPALIVE = b": keep-alive\n\n"
 
 
 class FeedStart:
@@ -94,7 +98,7 @@ FeedDep = Annotated[FeedStart, Depends(open_feed)]
 
 @router.get(
     "/events",
-    response_class=EventSourceResponse,
+    response_class=Response,  # not EventSourceResponse: that makes FastAPI encode each event
     responses={
         200: {
             "description": "A stream of `event: status` messages; `data` is a StatusEventOut.",
@@ -103,12 +107,23 @@ FeedDep = Annotated[FeedStart, Depends(open_feed)]
         **json_error_responses({404: "No such job."}),
     },
 )
-async def stream_events(start: FeedDep, live: LiveDep) -> AsyncIterator[ServerSentEvent]:
+async def stream_events(start: FeedDep, live: LiveDep) -> EventSourceResponse:
     """Status changes as Server-Sent Events (filters: ``job_id``, ``job_type``)."""
-    yield ServerSentEvent(comment="jobline status events", retry=RECONNECT_MS)
+    return EventSourceResponse(_frames(start, live), headers={"Cache-Control": "no-cache"})
+
+
+async def _frames(start: FeedStart, live: LiveFeed) -> AsyncIterator[bytes]:
+    # The stream writes its frames itself: each change is encoded once for every stream that
+    # shows it (see sse_frame), and a batch of changes goes out in one write.
+    yield f": jobline status events\nretry: {RECONNECT_MS}\n\n".encode()
     with live.subscribe(start.after, job_id=start.job_id, job_type=start.job_type) as changes:
         while True:
-            for event in await changes.next_events(WAIT_SECONDS):
-                yield ServerSentEvent(
-                    id=str(event.id), event="status", data=StatusEventOut.from_event(event)
-                )
+            events = await changes.next_events(KEEPALIVE_SECONDS)
+            yield b"".join(map(sse_frame, events)) if events else KEEPALIVE
+
+
+@lru_cache(maxsize=4096)
+def sse_frame(event: StatusEvent) -> bytes:
+    """One change as an SSE message: ``id``, ``event: status``, ``data`` (StatusEventOut)."""
+    data = StatusEventOut.from_event(event).model_dump_json()
+    return f"id: {event.id}\nevent: status\ndata: {data}\n\n".encode()
