@@ -41,6 +41,9 @@ RETRY_AFTER_FAILURE = 1.0
 #: Shortest time between two reads: changes that come faster reach the streams together, one
 #: read and one write per stream for the lot (a change after a quiet spell is read at once).
 MIN_READ_INTERVAL = 0.05
+#: The buffer's start before the feed knows where the history is (the database was away at
+#: start-up): subscribers that know their position read the history themselves meanwhile.
+NOT_STARTED = 2**63
 
 
 class LiveFeed:
@@ -64,7 +67,7 @@ class LiveFeed:
         #: Every change with an id up to here has been read (or passed over, see StatusFeed).
         self.cursor = 0
         #: The buffer holds every change with ``base < id <= cursor``.
-        self.base = 0
+        self.base = NOT_STARTED
         self._events: list[StatusEvent] = []
         self._ids: list[int] = []
         self._subscribers: set[Subscription] = set()
@@ -80,10 +83,28 @@ class LiveFeed:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="jobline-live")
         # Listen before reading where to start: a change committed in between is read.
         self._unsubscribe = self.hub.subscribe(lambda notice: _call_soon(loop, self._on, notice))
-        start = await loop.run_in_executor(self._reader, self.store.last_change_id)
+        self._task = asyncio.create_task(self._run(), name="jobline-live-feed")
+
+    @property
+    def started(self) -> bool:
+        """Whether the feed knows where the history is (the database answered once)."""
+        return self._feed is not None
+
+    async def _begin(self) -> StatusFeed:
+        """Find where the history is; until the database answers, try again every second."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                start = await loop.run_in_executor(self._reader, self.store.last_change_id)
+                break
+            except Exception as error:  # noqa: BLE001 - a server may start before its database
+                log.warning("live status: cannot read the history yet: %s", error)
+                await asyncio.sleep(RETRY_AFTER_FAILURE)
         self.cursor = self.base = start
         self._feed = StatusFeed(self.store, after=start)
-        self._task = asyncio.create_task(self._run(), name="jobline-live-feed")
+        for subscriber in list(self._subscribers):
+            subscriber.begin(start)
+        return self._feed
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -99,7 +120,9 @@ class LiveFeed:
         self, after: int | None = None, *, job_id: int | None = None, job_type: str | None = None
     ) -> Subscription:
         """Changes after history id ``after`` (default: from now), filtered; a context manager."""
-        return Subscription(self, self.cursor if after is None else after, job_id, job_type)
+        if after is None and self.started:
+            after = self.cursor
+        return Subscription(self, after, job_id, job_type)
 
     def buffered_after(self, position: int) -> tuple[list[StatusEvent], int]:
         """The buffered events after ``position`` (which must be at least :attr:`base`), and
@@ -117,6 +140,7 @@ class LiveFeed:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._begin()
         while True:
             feed = self._feed
             assert feed is not None
@@ -183,9 +207,11 @@ class Subscription:
     """One stream's or wait's view of the live feed: the matching changes after a position."""
 
     def __init__(
-        self, live: LiveFeed, after: int, job_id: int | None, job_type: str | None
+        self, live: LiveFeed, after: int | None, job_id: int | None, job_type: str | None
     ) -> None:
         self.live = live
+        #: Every change up to here was delivered or did not match; None: "from when the live
+        #: feed starts" (it had not yet when this subscription was made).
         self.position = after
         self.job_id = job_id
         self.job_type = job_type
@@ -210,6 +236,12 @@ class Subscription:
             self.job_type is None or event.job_type == self.job_type
         )
 
+    def begin(self, start: int) -> None:
+        """The live feed started at ``start``: a subscription "from now" starts there."""
+        if self.position is None:
+            self.position = start
+        self._event.set()
+
     def restart(self) -> None:
         """The live feed started the history again: so does this subscription."""
         self.position = 0
@@ -225,6 +257,12 @@ class Subscription:
         """The next matching changes, waiting up to ``timeout`` seconds ([] if none came)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
+        while self.position is None:  # the live feed has not started: wait until it has
+            self._event.clear()
+            try:
+                await asyncio.wait_for(self._event.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return []
         while True:
             if self.position < self.live.base:
                 events = await self._catch_up()
@@ -249,12 +287,14 @@ class Subscription:
                 return []
 
     def _from_buffer(self) -> list[StatusEvent]:
+        assert self.position is not None
         events, self.position = self.live.buffered_after(self.position)
         return [event for event in events if self.matches(event)]
 
     async def _catch_up(self) -> list[StatusEvent]:
         """Read the history directly (filtered in SQL) until there are events or the buffer
         covers the position; [] also when its feed waits on a gap."""
+        assert self.position is not None
         if self._own_feed is None or self._own_feed.cursor != self.position:
             self._own_feed = StatusFeed(
                 self.live.store, after=self.position, job_id=self.job_id, job_type=self.job_type
