@@ -3,8 +3,8 @@
 jobline's exceptions map to statuses here, once: JobNotFound and MetadataNotFound 404, refused
 transitions and lost leases 409, a metadata document of another model 409, metadata past its
 size limits 413 and past its key limit 422, a job type that is not registered 422, an
-unreachable database 503. Request validation answers 422 (400 for malformed JSON) with one
-entry per field.
+unreachable database (or a connection pool that stays exhausted) 503. Request validation
+answers 422 (400 for malformed JSON) with one entry per field.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -155,12 +156,22 @@ async def _database_unreachable(request: Request, error: OperationalError) -> JS
     )
 
 
+async def _database_busy(request: Request, error: PoolTimeout) -> JSONResponse:
+    log.warning("database connections all busy: %s", error)
+    return error_response(
+        503,
+        "the job store's database connections are all busy; try again shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for kind, _, _ in EXCEPTION_STATUS:
         app.add_exception_handler(kind, _jobline_error)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(OperationalError, _database_unreachable)  # type: ignore[arg-type]
+    app.add_exception_handler(PoolTimeout, _database_busy)  # type: ignore[arg-type]
 
 
 class BodySizeLimit:
