@@ -1,8 +1,10 @@
 """Every error answers ``{"detail": ..., "errors": [{"field": ..., "reason": ...}]}``.
 
 jobline's exceptions map to statuses here, once: JobNotFound and MetadataNotFound 404, refused
-transitions 409, a metadata document of another model 409, a bad job type 422, an unreachable
-database 503. Request validation answers 422 (400 for malformed JSON) with one entry per field.
+transitions and lost leases 409, a metadata document of another model 409, metadata past its
+size limits 413 and past its key limit 422, a job type that is not registered 422, an
+unreachable database (or a connection pool that stays exhausted) 503. Request validation
+answers 422 (400 for malformed JSON) with one entry per field.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorBody, FieldError
 from jobline.exceptions import (
     JobNotFound,
     JobTypeError,
+    LeaseLost,
     MetadataModelMismatch,
     MetadataNotFound,
+    MetadataTooLarge,
+    TooManyMetadataKeys,
     TransitionError,
 )
 
@@ -36,6 +42,9 @@ EXCEPTION_STATUS: list[tuple[type[Exception], int, str]] = [
     (JobNotFound, 404, "job_id"),
     (MetadataNotFound, 404, "key"),
     (MetadataModelMismatch, 409, "key"),
+    (MetadataTooLarge, 413, "body"),
+    (TooManyMetadataKeys, 422, "key"),
+    (LeaseLost, 409, "lease_token"),
     (TransitionError, 409, "status"),
     (JobTypeError, 422, "job_type"),
 ]
@@ -117,19 +126,27 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     detail = str(error.detail)
     headers = dict(getattr(error, "headers", None) or {})
     if error.status_code == 405:
-        # Starlette names only the first route of the path; list every method the path has.
-        headers["Allow"] = ", ".join(_allowed_methods(request))
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"method: {request.method} is not allowed here; allowed are {headers['Allow']}"
     return error_response(
         error.status_code, detail, [field_error("request", detail)], headers=headers or None
     )
 
 
+#: The methods a 405 answer may list.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.routes:
-        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
-            methods.update(route.methods or ())
-    return sorted(methods)
+    """The methods some route of the app answers on the request's path (asked of every route
+    with each method in turn: included routers nest their routes)."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _database_unreachable(request: Request, error: OperationalError) -> JSONResponse:
@@ -139,12 +156,22 @@ async def _database_unreachable(request: Request, error: OperationalError) -> JS
     )
 
 
+async def _database_busy(request: Request, error: PoolTimeout) -> JSONResponse:
+    log.warning("database connections all busy: %s", error)
+    return error_response(
+        503,
+        "the job store's database connections are all busy; try again shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for kind, _, _ in EXCEPTION_STATUS:
         app.add_exception_handler(kind, _jobline_error)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(OperationalError, _database_unreachable)  # type: ignore[arg-type]
+    app.add_exception_handler(PoolTimeout, _database_busy)  # type: ignore[arg-type]
 
 
 class BodySizeLimit:

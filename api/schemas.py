@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from db.models import Job, JobMetadata, JobStatusChange
 from db.notify import StatusEvent
 from db.statuses import PHASES, STATUS_IDS, TERMINAL, Status
+from jobtypes.registry import REFERENCE_PATTERN
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -29,6 +30,23 @@ Phase = Literal["queued", "in-progress", "complete", "failed", "expired"]
 
 # --------------------------------------------------------------------------- validators
 
+#: A lone UTF-16 surrogate: JSON can spell one (``"\\ud800"``), Unicode text cannot hold it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Control characters: C0, DEL and C1.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Control characters but tab, line feed and carriage return (free text may have lines).
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: What the schema says of names and of free text (JSON Schema patterns, ECMA syntax).
+NAME_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$"
+
+
+def valid_unicode(value: str) -> str:
+    """Refuse lone surrogates (no encoding can store them) and NUL (PostgreSQL text cannot)."""
+    if _SURROGATE.search(value):
+        raise ValueError("must be valid Unicode text: a lone UTF-16 surrogate is not a character")
+    return no_nul(value)
+
 
 def no_nul(value: str) -> str:
     """Refuse NUL characters, which PostgreSQL text cannot hold."""
@@ -37,21 +55,43 @@ def no_nul(value: str) -> str:
     return value
 
 
-def _optional_no_nul(value: str | None) -> str | None:
-    return value if value is None else no_nul(value)
+def _name(value: Any) -> Any:
+    """Names and paths (ids, queues, URLs): valid Unicode without control characters."""
+    if isinstance(value, str):
+        valid_unicode(value)
+        if _CONTROL.search(value):
+            raise ValueError("must not contain control characters")
+    return value
+
+
+def _text(value: Any) -> Any:
+    """Free text (messages): valid Unicode; of the control characters only tab and newlines."""
+    if isinstance(value, str):
+        valid_unicode(value)
+        if _CONTROL_IN_TEXT.search(value):
+            raise ValueError("must not contain control characters (tab and line breaks may)")
+    return value
+
+
+def _folder_name(value: Any) -> Any:
+    """A product or tile id also names a folder of the output storage: one plain segment."""
+    if isinstance(value, str) and (value in (".", "..") or "/" in value or "\\" in value):
+        raise ValueError("names a folder of the output storage: no '/', '\\', '.' or '..'")
+    return value
 
 
 def _plain_json(value: Any, depth: int = 0) -> Any:
-    """Refuse what a JSON column cannot store: NUL in strings, NaN/infinite numbers, deep nests."""
+    """Refuse what a JSON column cannot store: NUL or lone surrogates in strings and keys,
+    NaN/infinite numbers, deep nests."""
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, str):
-        no_nul(value)
+        valid_unicode(value)
     elif isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite (no NaN or Infinity)")
     elif isinstance(value, dict):
         for key, item in value.items():
-            no_nul(key)
+            valid_unicode(key)
             _plain_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
@@ -79,8 +119,24 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("out of range once converted to UTC") from None
 
 
-Text = Annotated[str, AfterValidator(no_nul)]
-OptionalText = Annotated[str | None, AfterValidator(_optional_no_nul)]
+def name_field(max_length: int, min_length: int = 0) -> Any:
+    """A name or path field: no control characters, valid Unicode, bounded."""
+    # The Field first: with the validator before it the pattern would be missing from the schema.
+    return Annotated[
+        str,
+        Field(min_length=min_length, max_length=max_length, pattern=NAME_PATTERN),
+        BeforeValidator(_name),
+    ]
+
+
+def text_field(max_length: int) -> Any:
+    """A free-text field: valid Unicode, no control characters but tab and line breaks."""
+    return Annotated[
+        str, Field(max_length=max_length, pattern=TEXT_PATTERN), BeforeValidator(_text)
+    ]
+
+
+OptionalText = Annotated[str | None, BeforeValidator(_name)]
 # Strict: the schema says integer, so "5" and 5.0 are refused rather than coerced.
 Priority = Annotated[
     int, Field(strict=True, ge=INT32_MIN, le=INT32_MAX, description="Higher runs first.")
@@ -89,24 +145,55 @@ MaxAttempts = Annotated[int, Field(strict=True, ge=1, le=1000)]
 UtcDatetime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_utc)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
 JsonList = Annotated[list[Any], AfterValidator(_plain_json)]
-ImportPath = Annotated[
+JobTypeReference = Annotated[
     str,
     Field(
-        min_length=3,
+        min_length=1,
         max_length=200,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
-        description="Import path of the job type, 'module:Class'.",
-        examples=["jobtypes.demo:SnowCover"],
+        pattern=REFERENCE_PATTERN,
+        description="A registered job type: its import path 'module:Class' or its name.",
+        examples=["jobtypes.demo:SnowCover", "snow_cover"],
     ),
+    BeforeValidator(_name),
 ]
-#: Metadata keys: letters, digits, '_', '.', ':', '-' (normally a task name).
-METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+#: Metadata keys: letters, digits, '_', '.', ':', '-', starting with a letter, digit or '_' (so
+#: no '.', '..' or other dot-led key, and no '/'); normally a task name.
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$"
+#: A lease token as :meth:`db.store.JobStore.claim` makes them.
+LEASE_TOKEN_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def _omit_null(schema: dict[str, Any]) -> None:
+    """Field schema of an optional field that may be left out but not sent as null: the
+    schema says the type alone (the server refuses null with 422)."""
+    options = [option for option in schema.pop("anyOf", []) if option != {"type": "null"}]
+    if len(options) == 1:
+        schema.update(options[0])
+    elif options:
+        schema["anyOf"] = options
+    schema.pop("default", None)
+
+
+#: For fields that may be omitted but not null: ``field: X | None = NOT_NULL``.
+NOT_NULL: Any = Field(None, json_schema_extra=_omit_null)
 
 
 class ApiModel(BaseModel):
-    """Request bodies: unknown fields are errors."""
+    """Request bodies: unknown fields are errors, and so is null for a field whose schema
+    does not allow it (see :data:`NOT_NULL`)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _null_only_where_allowed(self) -> ApiModel:
+        for field, info in type(self).model_fields.items():
+            if (
+                info.json_schema_extra is _omit_null
+                and field in self.model_fields_set
+                and getattr(self, field) is None
+            ):
+                raise ValueError(f"{field}: may not be null")
+        return self
 
 
 # ------------------------------------------------------------------------------ errors
@@ -147,15 +234,15 @@ class JobCreate(ApiModel):
         },
     )
 
-    job_type: ImportPath
-    product_id: Annotated[Text, Field(min_length=1, max_length=300)] | None = None
+    job_type: JobTypeReference
+    product_id: Annotated[name_field(300, 1), AfterValidator(_folder_name)] | None = None
     config: JsonObject | None = Field(None, description="Job configuration (any JSON object).")
     priority: Priority = 0
-    queue: Annotated[Text, Field(min_length=1, max_length=100)] | None = Field(
-        None, description="Default: the job type's queue."
+    queue: name_field(100, 1) | None = Field(None, description="Default: the job type's queue.")
+    tile_id: Annotated[name_field(64, 1), AfterValidator(_folder_name)] | None = None
+    input_path: name_field(4096) | None = Field(
+        None, description="URL of the product; it must lie under the job type's input storage."
     )
-    tile_id: Annotated[Text, Field(min_length=1, max_length=64)] | None = None
-    input_path: Annotated[Text, Field(max_length=4096)] | None = None
     input_publication_date: UtcDatetime | None = None
     input_files: JsonList = Field(default_factory=list)
     max_attempts: MaxAttempts | None = Field(None, description="Default: the job type's.")
@@ -180,37 +267,96 @@ NULLABLE_FIELDS = ("output_path", "output_publication_date")
 
 
 class JobPatch(ApiModel):
-    """A partial job: only these fields may change. A ``status`` different from the job's goes
-    through the state machine (409 when illegal); ``message`` and ``error_class`` accompany it.
-    A status equal to the current one changes nothing."""
+    """A partial job: only these fields may change.
 
-    status: Status | None = None
-    message: Annotated[Text, Field(max_length=10_000)] | None = None
-    error_class: Annotated[Text, Field(max_length=100)] | None = None
-    priority: Priority | None = None
-    max_attempts: MaxAttempts | None = None
-    output_path: Annotated[Text, Field(max_length=4096)] | None = None
+    A ``status`` different from the job's goes through the state machine (409 when illegal);
+    ``message`` and ``error_class`` accompany it, and a status equal to the current one changes
+    nothing. A status workers own (``queued`` through ``published``) also needs the job's
+    current ``lease_token`` (from ``POST /jobs/{id}/claim``): 409 without it. ``output_path``
+    must lie under the job type's output storage.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "dependentRequired": {
+                "message": ["status"],
+                "error_class": ["status"],
+                "lease_token": ["status"],
+            }
+        },
+    )
+
+    status: Status | None = NOT_NULL
+    message: text_field(10_000) | None = None
+    error_class: name_field(100) | None = None
+    lease_token: Annotated[str, Field(pattern=LEASE_TOKEN_PATTERN)] | None = Field(
+        None, description="The job's current lease.", json_schema_extra=_omit_null
+    )
+    priority: Priority | None = NOT_NULL
+    max_attempts: MaxAttempts | None = NOT_NULL
+    output_path: name_field(4096) | None = Field(
+        None, description="Under the job type's output storage; null clears it."
+    )
     output_publication_date: UtcDatetime | None = None
-    output_files: JsonList | None = None
+    output_files: JsonList | None = NOT_NULL
 
     @model_validator(mode="after")
-    def _no_null_for_required(self) -> JobPatch:
-        for name in ("status", "priority", "max_attempts", "output_files"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name}: may not be null")
+    def _with_a_status(self) -> JobPatch:
+        for field in ("message", "error_class", "lease_token"):
+            if getattr(self, field) is not None and self.status is None:
+                raise ValueError(f"{field}: only accompanies a status")
         return self
 
     def field_values(self) -> dict[str, Any]:
         """The non-status fields the patch names, as store column values."""
         return {
-            name: getattr(self, name) for name in PATCHABLE_FIELDS if name in self.model_fields_set
+            field: getattr(self, field)
+            for field in PATCHABLE_FIELDS
+            if field in self.model_fields_set
         }
 
 
 class ActionRequest(ApiModel):
     """Optional body of retry and cancel."""
 
-    message: Annotated[Text, Field(max_length=10_000)] | None = None
+    message: text_field(10_000) | None = None
+
+
+class ClaimRequest(ApiModel):
+    """An external processor claims a ready job: ``ready -> queued`` with a lease for it."""
+
+    worker: name_field(200, 1) = Field(description="Who processes the job (shown in history).")
+    lease_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="How long the lease lasts unless renewed; default JOBLINE_LEASE_SECONDS.",
+        json_schema_extra=_omit_null,
+    )
+
+
+class HeartbeatRequest(ApiModel):
+    """Extend a held lease."""
+
+    lease_token: Annotated[str, Field(pattern=LEASE_TOKEN_PATTERN)]
+    lease_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Default JOBLINE_LEASE_SECONDS.",
+        json_schema_extra=_omit_null,
+    )
+
+
+class LeaseOut(BaseModel):
+    """A lease on a job: present its token with every PATCH into a worker-owned status."""
+
+    job_id: int
+    lease_token: str
+    lease_expires_at: datetime
 
 
 class JobOut(BaseModel):
@@ -292,6 +438,13 @@ class JobOut(BaseModel):
         )
 
 
+class ClaimOut(BaseModel):
+    """The claimed job and its lease (the token is shown only here)."""
+
+    job: JobOut
+    lease: LeaseOut
+
+
 class JobPage(BaseModel):
     """One page of jobs in id order; pass ``next_cursor`` as ``cursor`` for the next page."""
 
@@ -340,6 +493,23 @@ class ApiMetadata(BaseModel):
     def _plain(self) -> ApiMetadata:
         _plain_json(self.model_extra or {})
         return self
+
+
+class MetadataSummary(BaseModel):
+    """One metadata document of a job, without the document (``GET .../metadata/{key}``)."""
+
+    key: str
+    model: str = Field(description="Pydantic model that wrote the document (import path).")
+    size_bytes: int = Field(description="Size of the stored document's JSON text.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class MetadataPage(BaseModel):
+    """A page of a job's metadata summaries in key order; pass ``next_after`` as ``after``."""
+
+    items: list[MetadataSummary]
+    next_after: str | None
 
 
 class MetadataOut(BaseModel):
@@ -409,9 +579,8 @@ class StatusEventOut(BaseModel):
 
 
 class HealthOut(BaseModel):
+    """What the public health check tells: no host, port or error text (those are logged)."""
+
     status: Literal["ok", "unavailable"]
     database: Literal["reachable", "unreachable"]
-    revision: str | None = Field(description="Schema revision of the store.")
-    head: str = Field(description="Newest schema revision this jobline knows.")
-    up_to_date: bool
-    detail: str | None = None
+    revision: str | None = Field(description="Schema revision of the store (null when down).")

@@ -25,7 +25,7 @@ from typing import Any
 from bench.prefect_server import prefect_api
 from bench.report import Measurement
 from bench.scratch import scratch_database
-from bench.types import write_products
+from bench.types import IMPORT_PATH, write_products
 
 #: Seconds one child flow run may take before it is killed.
 CHILD_TIMEOUT = 1_800
@@ -54,6 +54,7 @@ def run_child(
             **os.environ,
             "JOBLINE_DATABASE_URL": database_url,
             "JOBLINE_DATA_DIR": str(data_dir),
+            "JOBLINE_JOB_TYPES": IMPORT_PATH,  # the benchmark's job type, registered
             "PREFECT_API_URL": api_url,
         }
         log = Path(scratch) / "child.log"

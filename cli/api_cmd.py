@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import typer
 import uvicorn
 from rich.console import Console
 
 from api.app import create_app
+from api.auth import check_serving
+from jobline.exceptions import ConfigurationError
 from jobline.settings import get_settings
 
 errors = Console(stderr=True)
@@ -22,22 +22,13 @@ def serve_api(
     ),
     log_level: str = typer.Option("info", help="uvicorn's log level."),
 ) -> None:
-    """Serve the REST API (OpenAPI document at /docs). Needs JOBLINE_API_TOKEN unless --no-auth."""
-    if no_auth and not is_loopback(host):
-        errors.print(
-            f"[red]error:[/] --host: {host} is not a loopback address; without authentication "
-            "the API only listens on loopback (127.0.0.1, ::1, localhost)"
-        )
-        raise typer.Exit(2)
-    app = create_app(get_settings(), require_auth=not no_auth)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
-
-
-def is_loopback(host: str) -> bool:
-    """True for loopback addresses and ``localhost``."""
-    if host == "localhost":
-        return True
+    """Serve the REST API (OpenAPI document at /docs). Needs JOBLINE_API_TOKEN unless --no-auth;
+    on an address that is not loopback, a token of at least 32 characters."""
+    settings = get_settings()
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        check_serving(settings, host, require_auth=not no_auth)
+    except ConfigurationError as error:
+        errors.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    app = create_app(settings, require_auth=not no_auth)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -74,7 +74,13 @@ def _demo_image_or_local(asked: bool) -> str:
 
 
 def run(
-    job_type: Annotated[str, typer.Argument(help="Import path, e.g. jobtypes.demo:SnowCover")],
+    job_type: Annotated[
+        str,
+        typer.Argument(
+            help="A registered job type: import path (jobtypes.demo:SnowCover) or name "
+            "(snow_cover); others are registered with JOBLINE_JOB_TYPES."
+        ),
+    ],
     since: Annotated[datetime | None, typer.Option(help="Search from (UTC).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Search until (UTC).")] = None,
     max_jobs: Annotated[int, typer.Option(min=1)] = 1000,
@@ -83,10 +89,10 @@ def run(
 ) -> None:
     """Run the pipeline for any job type: discover, insert, configure, process, summarize."""
     settings = get_settings()
+    kind = load_job_type(job_type, settings)  # registered job types only, before any work
     upgrade(settings)
-    kind = load_job_type(job_type, settings)
     chosen = _announce_runner(kind, settings, runner)
-    _run(job_type, settings, _utc(since), _utc(until), max_jobs, concurrency, chosen)
+    _run(kind.import_path(), settings, _utc(since), _utc(until), max_jobs, concurrency, chosen)
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -103,3 +103,22 @@ class Page:
 
     jobs: list[Any]
     next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataLimits:
+    """Bounds on one job's metadata: keys, and bytes of all its documents' stored JSON."""
+
+    max_keys: int
+    max_job_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataSummary:
+    """One stored metadata document, described without its content."""
+
+    key: str
+    model: str
+    size_bytes: int
+    created_at: datetime
+    updated_at: datetime

@@ -143,6 +143,22 @@ LEASED: frozenset[Status] = frozenset(
     {S.STARTED, S.PRE_PROCESSING, S.PROCESSING, S.POST_PROCESSING}
 )
 
+#: Statuses only a worker moves a job into, from its claim to its publication. Anyone else (an
+#: API client) needs the job's current lease token for such a move: the lifecycle stays the
+#: workers' (and an external processor's, which claims the job through the API first).
+WORKER_OWNED: frozenset[Status] = frozenset(
+    {
+        S.QUEUED,
+        S.STARTED,
+        S.PRE_PROCESSING,
+        S.PROCESSING,
+        S.POST_PROCESSING,
+        S.PROCESSED,
+        S.START_PUBLICATION,
+        S.PUBLISHED,
+    }
+)
+
 
 def is_legal(from_status: Status | str | None, to_status: Status | str) -> bool:
     """True when a job may move from ``from_status`` (None: a new job) to ``to_status``."""

@@ -23,12 +23,14 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Engine,
+    LargeBinary,
     Result,
     Select,
     String,
     Update,
     any_,
     bindparam,
+    cast,
     delete,
     event,
     func,
@@ -56,7 +58,16 @@ from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
 from db.models import Job, JobCount, JobMetadata, JobStatusChange, Meta, UtcDateTime
 from db.pg_insert import ARRAY_CHUNK, insert_new_jobs
-from db.records import BatchResult, InsertResult, JobFilter, NewJob, Page, RunIds
+from db.records import (
+    BatchResult,
+    InsertResult,
+    JobFilter,
+    MetadataLimits,
+    MetadataSummary,
+    NewJob,
+    Page,
+    RunIds,
+)
 from db.statuses import INITIAL, LEASED, TERMINAL, Status, is_legal
 from jobline.exceptions import (
     IllegalTransition,
@@ -64,7 +75,9 @@ from jobline.exceptions import (
     LeaseLost,
     MetadataModelMismatch,
     MetadataNotFound,
+    MetadataTooLarge,
     StaleTransition,
+    TooManyMetadataKeys,
 )
 from jobline.settings import Settings
 
@@ -776,13 +789,22 @@ class JobStore:
         return self.transition(job_id, Status.CANCELLED, expected_from=job.status, message=message)
 
     def set_metadata_document(
-        self, job_id: int, key: str, document: Mapping[str, Any], model: str
+        self,
+        job_id: int,
+        key: str,
+        document: Mapping[str, Any],
+        model: str,
+        *,
+        limits: MetadataLimits | None = None,
     ) -> JobMetadata:
         """Store a plain JSON ``document`` under ``key``, recorded as written by ``model``.
 
         Replaces a document the same model wrote; refuses with :class:`MetadataModelMismatch`
         to replace one another model wrote (a task reading its own metadata back must never get
-        a foreign shape: delete it first).
+        a foreign shape: delete it first). With ``limits``, refuses (:class:`MetadataTooLarge`,
+        :class:`TooManyMetadataKeys`) a write after which the job would hold more keys or bytes
+        (its documents' stored JSON text) than they allow; writes to one job are serialised
+        by a lock on its row, so concurrent writers cannot pass a limit together.
         """
         now = self.clock()
         module = postgresql if self.dialect == "postgresql" else sqlite
@@ -800,8 +822,10 @@ class JobStore:
             where=JobMetadata.__table__.c.model == statement.excluded.model,
         ).returning(JobMetadata)
         with self.session() as session:
-            if session.get(Job, job_id) is None:
+            locked = select(Job.id).where(Job.id == job_id)
+            if session.execute(locked.with_for_update() if limits else locked).first() is None:
                 raise JobNotFound(job_id)
+            new_key = limits is not None and session.get(JobMetadata, (job_id, key)) is None
             row = session.scalars(
                 statement, execution_options={"populate_existing": True}
             ).one_or_none()
@@ -814,7 +838,51 @@ class JobStore:
                 raise MetadataModelMismatch(
                     job_id, key, model, stored_as, "delete the document first to replace it"
                 )
+            if limits is not None:
+                # Measured after the write, in its transaction: an exception rolls it back.
+                self._check_metadata_limits(session, job_id, key, limits, new_key)
             return row
+
+    def _check_metadata_limits(
+        self, session: Session, job_id: int, key: str, limits: MetadataLimits, new_key: bool
+    ) -> None:
+        keys, size = session.execute(
+            select(func.count(), func.coalesce(func.sum(self._document_size()), 0)).where(
+                JobMetadata.job_id == job_id
+            )
+        ).one()
+        if new_key and keys > limits.max_keys:
+            raise TooManyMetadataKeys(job_id, key, limits.max_keys)
+        if size > limits.max_job_bytes:
+            raise MetadataTooLarge(job_id, key, limits.max_job_bytes)
+
+    def _document_size(self) -> Any:
+        """The size in bytes of a stored document's JSON text, as SQL."""
+        if self.dialect == "postgresql":
+            return func.octet_length(cast(JobMetadata.value, String))
+        return func.length(cast(JobMetadata.value, LargeBinary))
+
+    def metadata_summaries(
+        self, job_id: int, *, after: str | None = None, limit: int = 100
+    ) -> list[MetadataSummary]:
+        """The job's metadata keys in key order after ``after``, with model, size and times
+        (no documents); :class:`JobNotFound` for an unknown job."""
+        size = self._document_size().label("size_bytes")
+        statement = (
+            select(
+                JobMetadata.key, JobMetadata.model, size, JobMetadata.created_at,
+                JobMetadata.updated_at,
+            )
+            .where(JobMetadata.job_id == job_id)
+            .order_by(JobMetadata.key)
+            .limit(limit)
+        )  # fmt: skip
+        if after is not None:
+            statement = statement.where(JobMetadata.key > after)
+        with self.session() as session:
+            if session.get(Job, job_id) is None:
+                raise JobNotFound(job_id)
+            return [MetadataSummary(*row) for row in session.execute(statement)]
 
     def get_metadata_document(self, job_id: int, key: str) -> JobMetadata:
         """The stored metadata row (plain JSON and the model that wrote it), whatever its model."""

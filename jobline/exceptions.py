@@ -92,6 +92,30 @@ class MetadataModelMismatch(MetadataError):
         self.key = key
 
 
+class MetadataTooLarge(MetadataError):
+    """A metadata write would make a document or a job's metadata larger than its limit."""
+
+    def __init__(self, job_id: int, key: str, limit: int, what: str = "all its documents") -> None:
+        super().__init__(
+            f"body: metadata {key!r} of job {job_id} is refused: {what} would exceed the limit "
+            f"of {limit} bytes"
+        )
+        self.job_id = job_id
+        self.key = key
+
+
+class TooManyMetadataKeys(MetadataError):
+    """A metadata write would give a job more keys than the limit."""
+
+    def __init__(self, job_id: int, key: str, limit: int) -> None:
+        super().__init__(
+            f"key: metadata {key!r} of job {job_id} is refused: the job would hold more than "
+            f"{limit} metadata keys; delete some first"
+        )
+        self.job_id = job_id
+        self.key = key
+
+
 class JobTypeError(ConfigurationError):
     """A job type's import path or declaration is wrong."""
 

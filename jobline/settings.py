@@ -6,14 +6,20 @@ No other module reads the environment: code receives a :class:`Settings` (usuall
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: A job type's import path, ``module:Class`` (a dotted module, one class name).
+IMPORT_PATH = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
 DEFAULT_DATA_DIR = Path(user_data_dir("jobline", appauthor=False))
 #: Maintenance's limits per status (seconds): a job longer than this in the status is stuck.
 DEFAULT_STUCK_AFTER_SECONDS: dict[str, float] = {
@@ -78,6 +84,30 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest request body the REST API accepts (413 above)."
     )
+    job_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Job types jobline may load besides the bundled demo and those installed "
+        "packages declare (entry point group jobline.job_types): import paths 'module:Class', "
+        'comma-separated or a JSON list, e.g. "my_products.fsc:LakeIce,my_products.ice:Ice".',
+    )
+    api_metadata_max_document_bytes: int = Field(
+        64 * 1024,
+        gt=0,
+        description="Largest metadata document the REST API stores (its compact JSON, in bytes; "
+        "413 above).",
+    )
+    api_metadata_max_job_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Most metadata bytes one job may hold, all its documents together, for a "
+        "document written through the REST API (413 above).",
+    )
+    api_metadata_max_keys: int = Field(
+        64,
+        gt=0,
+        description="Most metadata keys one job may hold for a new key written through the REST "
+        "API (422 above).",
+    )
     lease_seconds: float = Field(30.0, gt=0, description="How long a worker's lease lasts.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a lease is extended.")
     retry_base_seconds: float = Field(
@@ -121,6 +151,33 @@ class Settings(BaseSettings):
         description="When the docker runner pulls a job's image: only when it is not on the "
         "engine, before every run, or never (images are built or loaded beforehand).",
     )
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: Any) -> Any:
+        # An empty JOBLINE_API_TOKEN must not mean "the empty string is the token".
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if secret is None or (isinstance(secret, str) and not secret.strip()):
+            return None
+        return value
+
+    @field_validator("job_types", mode="before")
+    @classmethod
+    def _split_job_types(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("job_types")
+    @classmethod
+    def _import_paths(cls, value: list[str]) -> list[str]:
+        bad = [path for path in value if not IMPORT_PATH.match(path)]
+        if bad:
+            raise ValueError(f"job_types: {bad} are not import paths of the form 'module:Class'")
+        return list(dict.fromkeys(value))
 
     @field_validator("database_url")
     @classmethod

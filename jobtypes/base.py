@@ -1,14 +1,14 @@
 """The ``JobType`` contract: what a partner declares to plug their processing into jobline.
 
-A job type is a subclass of :class:`JobType`, referenced everywhere by its import path
-(``"jobtypes.demo:SnowCover"`` or ``"partner_module:TheirType"``) and loaded with
-:func:`load_job_type`. Class attributes declare the processing; methods are hooks with sensible
-defaults that a subclass overrides where its products need it.
+A job type is a subclass of :class:`JobType`, referenced by its import path
+(``"jobtypes.demo:SnowCover"`` or ``"partner_module:TheirType"``) or its ``name``, and loaded
+with :func:`load_job_type`, which loads only registered job types (:mod:`jobtypes.registry`).
+Class attributes declare the processing; methods are hooks with sensible defaults that a
+subclass overrides where its products need it.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from jobline.exceptions import JobTypeError
 from jobline.settings import Settings
 
 if TYPE_CHECKING:
@@ -222,32 +221,17 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+def load_job_type(reference: str, settings: Settings) -> JobType:
+    """The registered job type ``reference`` names (an import path ``module:Class`` or a job
+    type's name), instantiated. Only registered job types load (see :mod:`jobtypes.registry`);
+    :class:`JobTypeError` refuses anything else without importing it."""
+    from jobtypes.registry import resolve_job_type  # the registry imports this module
+
+    return resolve_job_type(reference, settings)
 
 
-def load_job_type(import_path: str, settings: Settings) -> JobType:
-    """The job type at ``module:Class``, instantiated; :class:`JobTypeError` says what is wrong."""
-    if not _IMPORT_PATH.match(import_path):
-        raise JobTypeError(
-            f"job_type: {import_path!r} is not an import path of the form 'module:Class'"
-        )
-    module_name, class_name = import_path.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise JobTypeError(f"job_type: cannot import module {module_name!r}: {error}") from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise JobTypeError(f"job_type: module {module_name!r} has no {class_name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, JobType)):
-        raise JobTypeError(f"job_type: {import_path} is not a subclass of jobtypes.base.JobType")
-    problems = _declaration_problems(cls)
-    if problems:
-        raise JobTypeError(f"job_type: {import_path} is malformed: {'; '.join(problems)}")
-    return cls(settings)
-
-
-def _declaration_problems(cls: type[JobType]) -> list[str]:
+def declaration_problems(cls: type[JobType]) -> list[str]:
+    """What is wrong with a job type class's declarations (empty: nothing)."""
     problems = []
     if not cls.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", cls.name):
         problems.append("name must be a non-empty word of letters, digits, '_', '.', '-'")

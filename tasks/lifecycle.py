@@ -52,8 +52,9 @@ def step_context() -> steps.StepContext:
     return steps.StepContext(settings=settings, store=store_for(settings), run=run, log=logger.info)
 
 
-def job_type_for(import_path: str) -> JobType:
-    return load_job_type(import_path, get_settings())
+def job_type_for(reference: str) -> JobType:
+    """The registered job type a flow parameter names (refused unless registered)."""
+    return load_job_type(reference, get_settings())
 
 
 @task(name="discover-inputs", cache_policy=NO_CACHE)
@@ -133,10 +134,11 @@ def deliver_publications() -> int:
 def summarize(job_type: str) -> dict[str, int]:
     """Jobs of the job type by status."""
     counts = store_for(get_settings()).count_by_type_status()
+    stored_as = job_type_for(job_type).import_path()  # a name counts as its import path
     return {
-        status.value: counts.get((job_type, status.value), 0)
+        status.value: counts.get((stored_as, status.value), 0)
         for status in Status
-        if counts.get((job_type, status.value), 0)
+        if counts.get((stored_as, status.value), 0)
     }
 
 

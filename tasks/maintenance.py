@@ -22,6 +22,7 @@ from functools import cache
 from pydantic import BaseModel, Field
 
 from db import maintenance
+from db.models import Job
 from db.records import RunIds
 from db.statuses import Status
 from db.store import JobStore
@@ -165,8 +166,9 @@ def _expire(ctx: steps.StepContext, now: datetime, report: MaintenanceReport) ->
     report.expired = [job.job_id for job in expired]
     if not ctx.settings.expire_deletes_outputs:
         return
-    for job in expired:
-        if job.output_path and _delete_outputs(job.output_path, ctx.settings):
+    with_outputs = [job.job_id for job in expired if job.output_path]
+    for job in ctx.store.get_jobs(with_outputs) if with_outputs else []:
+        if _delete_outputs(ctx, job):
             report.outputs_deleted += 1
 
 
@@ -183,12 +185,15 @@ def _retention(ctx: steps.StepContext) -> maintenance.RetentionFor:
     return retention_for
 
 
-def _delete_outputs(output_path: str, settings: Settings) -> bool:
-    fs, root = storage.filesystem(output_path, settings)
-    if not fs.exists(root):
+def _delete_outputs(ctx: steps.StepContext, job: Job) -> bool:
+    """Delete an expired job's product folder (and nothing else: the checks are the storage
+    module's); a job whose folder cannot be judged safe keeps its outputs, and the log says why."""
+    try:
+        job_type = load_job_type(job.job_type, ctx.settings)
+        return storage.remove_product_folder(job_type, job, ctx.settings)
+    except JoblineError as error:
+        ctx.log(f"maintenance: job {job.id}'s outputs are kept: {error}")
         return False
-    fs.rm(root, recursive=True)
-    return True
 
 
 def _collect_metadata(ctx: steps.StepContext, now: datetime, report: MaintenanceReport) -> None:

@@ -29,6 +29,7 @@ from db.store import JobStore, connection_lost
 from jobline.exceptions import LeaseLost, ProcessingError, TransitionError
 from jobline.settings import Settings
 from jobtypes.base import InputFile, JobType, OutputFile, load_job_type
+from jobtypes.locations import product_folder
 from tasks import storage
 from tasks.heartbeat import keeper_for
 from tasks.publication import DeliveryReport, deliver_pending, sink_for
@@ -418,9 +419,7 @@ def post_process(ctx: StepContext, job_type: JobType, outcome: StepOutcome) -> S
 
 
 def _output_url(job_type: JobType, job: Job) -> str:
-    tile = job.tile_id or "no-tile"
-    product = job_type.output_product_id(job)
-    return f"{job_type.output_url.rstrip('/')}/{job_type.name}/{tile}/{product}/"
+    return product_folder(job_type, job)  # refuses a tile or product id that is not a segment
 
 
 def publish(ctx: StepContext, job_type: JobType, outcome: StepOutcome) -> StepOutcome:

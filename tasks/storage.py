@@ -32,10 +32,12 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, Field
 
+from db.models import Job
 from db.store import JobStore
 from jobline.exceptions import ConfigurationError, StorageError
 from jobline.settings import Settings
 from jobtypes.base import InputFile, JobType, OutputFile, Product
+from jobtypes.locations import product_folder, same_location
 
 T = TypeVar("T")
 
@@ -395,6 +397,46 @@ def _write_manifest(fs: fsspec.AbstractFileSystem, path: str, manifest: Manifest
         os.replace(partial, path)
     else:
         fs.pipe_file(path, data)  # one PUT: atomic on object storage
+
+
+# ------------------------------------------------------------------------ expired outputs
+
+
+def remove_product_folder(job_type: JobType, job: Job, settings: Settings) -> bool:
+    """Delete an expired job's outputs: its own product folder, nothing else; returns whether
+    something was removed.
+
+    Checked here, at deletion time, whatever the database says: the folder is the one the
+    job's type and record name (:func:`jobtypes.locations.product_folder`, strictly under the
+    output storage), the job's ``output_path`` must name that same folder, and on a local disk
+    the folder's real path (symbolic links followed) must still lie under the storage's real
+    path. Anything else raises :class:`StorageError` (``unsafe_path``) and deletes nothing.
+    """
+    folder = product_folder(job_type, job)
+    if job.output_path is None or not same_location(job.output_path, folder):
+        raise StorageError(
+            f"job {job.id}: output_path {job.output_path!r} is not its product folder "
+            f"{folder}; nothing deleted",
+            transient=False,
+            subtype="unsafe_path",
+        )
+    fs, path = filesystem(folder, settings)
+    _, root = filesystem(job_type.output_url, settings)
+    inside = path.startswith(root.rstrip("/") + "/") and path.rstrip("/") != root.rstrip("/")
+    if inside and isinstance(fs, LocalFileSystem):
+        real_root = os.path.realpath(root)
+        inside = os.path.realpath(path).startswith(real_root.rstrip(os.sep) + os.sep)
+    if not inside:
+        raise StorageError(
+            f"job {job.id}: {folder} resolves outside the output storage {job_type.output_url}; "
+            "nothing deleted",
+            transient=False,
+            subtype="unsafe_path",
+        )
+    if not fs.exists(path):
+        return False
+    _call(lambda: fs.rm(path, recursive=True), f"cannot delete {folder}")
+    return True
 
 
 # ----------------------------------------------------------------------------- work dirs

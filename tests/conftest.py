@@ -146,7 +146,7 @@ def jobline_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Settings]
         for name, value in settings.model_dump(exclude_none=True).items():
             if name == "api_token":
                 value = value.get_secret_value()
-            if isinstance(value, dict):
+            if isinstance(value, dict | list):
                 value = json.dumps(value)
             monkeypatch.setenv(f"JOBLINE_{name.upper()}", str(value))
         get_settings.cache_clear()

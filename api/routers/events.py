@@ -9,42 +9,57 @@ history id order. Where the stream starts:
 * else: from now (changes committed after the connection).
 
 A client that reconnects with the last id it received misses nothing and gets nothing twice
-(see :class:`db.notify.StatusFeed`). The stream is driven by PostgreSQL notifications (polling
-on SQLite) and sends a keep-alive comment when idle.
+(see :class:`db.notify.StatusFeed`). Streams hold no database connection of their own: they
+take their changes from the server's one live feed (:mod:`api.live`), driven by PostgreSQL
+notifications (polling on SQLite), and send a keep-alive comment after 15 s of silence.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 
-from api.deps import HubDep, StoreDep
+from api.deps import LiveDep, SettingsDep, StoreDep
 from api.errors import json_error_responses
-from api.live import Wakeup
+from api.live import LiveFeed
+from api.routers.jobs import stored_job_type
 from api.schemas import INT64_MAX, OptionalText, StatusEventOut
-from db.notify import Notice, StatusFeed
+from db.notify import StatusEvent
 from db.store import JobStore
 
 router = APIRouter(tags=["events"])
 
 #: Milliseconds a browser waits before reconnecting.
 RECONNECT_MS = 1000
-#: Seconds between reads when no notice arrives (a safety net for lost notices).
-IDLE_RECHECK = 15.0
+#: Seconds of silence after which a stream sends a keep-alive comment.
+KEEPALIVE_SECONDS = 15.0
+KEEPALIVE = b": keep-alive\n\n"
+
+
+class FeedStart:
+    """Where a stream starts and what it shows (parsed from the request)."""
+
+    def __init__(self, after: int, job_id: int | None, job_type: str | None) -> None:
+        self.after = after
+        self.job_id = job_id
+        self.job_type = job_type
 
 
 async def open_feed(
     store: StoreDep,
+    settings: SettingsDep,
     job_id: Annotated[
         int | None, Query(ge=1, le=INT64_MAX, description="Only this job's changes.")
     ] = None,
     job_type: Annotated[
-        OptionalText, Query(max_length=200, description="Only changes of jobs of this type.")
+        OptionalText,
+        Query(max_length=200, description="Only changes of jobs of this type (path or name)."),
     ] = None,
     after: Annotated[
         int | None, Query(ge=0, le=INT64_MAX, description="Start after this history id.")
@@ -52,12 +67,12 @@ async def open_feed(
     last_event_id: Annotated[
         str | None, Header(max_length=20, description="Resume after this history id.")
     ] = None,
-) -> StatusFeed:
-    """The feed the stream reads, positioned where the request asks (404 for an unknown job)."""
+) -> FeedStart:
+    """Where the stream starts, positioned as the request asks (404 for an unknown job)."""
     resume = _parse_last_event_id(last_event_id)
     start = resume if resume is not None else after
     cursor = await run_in_threadpool(_starting_cursor, store, job_id, start)
-    return StatusFeed(store, after=cursor, job_id=job_id, job_type=job_type)
+    return FeedStart(cursor, job_id, stored_job_type(job_type, settings))
 
 
 def _parse_last_event_id(value: str | None) -> int | None:
@@ -78,12 +93,12 @@ def _starting_cursor(store: JobStore, job_id: int | None, start: int | None) -> 
     return store.last_change_id()
 
 
-FeedDep = Annotated[StatusFeed, Depends(open_feed)]
+FeedDep = Annotated[FeedStart, Depends(open_feed)]
 
 
 @router.get(
     "/events",
-    response_class=EventSourceResponse,
+    response_class=Response,  # not EventSourceResponse: that makes FastAPI encode each event
     responses={
         200: {
             "description": "A stream of `event: status` messages; `data` is a StatusEventOut.",
@@ -92,23 +107,23 @@ FeedDep = Annotated[StatusFeed, Depends(open_feed)]
         **json_error_responses({404: "No such job."}),
     },
 )
-async def stream_events(feed: FeedDep, hub: HubDep) -> AsyncIterator[ServerSentEvent]:
+async def stream_events(start: FeedDep, live: LiveDep) -> EventSourceResponse:
     """Status changes as Server-Sent Events (filters: ``job_id``, ``job_type``)."""
-    yield ServerSentEvent(comment="jobline status events", retry=RECONNECT_MS)
-    with Wakeup(hub, _matcher(feed.job_id)) as wakeup:
+    return EventSourceResponse(_frames(start, live), headers={"Cache-Control": "no-cache"})
+
+
+async def _frames(start: FeedStart, live: LiveFeed) -> AsyncIterator[bytes]:
+    # The stream writes its frames itself: each change is encoded once for every stream that
+    # shows it (see sse_frame), and a batch of changes goes out in one write.
+    yield f": jobline status events\nretry: {RECONNECT_MS}\n\n".encode()
+    with live.subscribe(start.after, job_id=start.job_id, job_type=start.job_type) as changes:
         while True:
-            before = feed.cursor
-            for event in await run_in_threadpool(feed.read):
-                yield ServerSentEvent(
-                    id=str(event.id), event="status", data=StatusEventOut.from_event(event)
-                )
-            if feed.cursor != before:
-                continue  # there may be more right away
-            await wakeup.wait(feed.gap_retry if feed.waiting_on_gap else IDLE_RECHECK)
+            events = await changes.next_events(KEEPALIVE_SECONDS)
+            yield b"".join(map(sse_frame, events)) if events else KEEPALIVE
 
 
-def _matcher(job_id: int | None) -> Callable[[Notice], bool]:
-    """Which notices wake the stream: all, or those that may concern its job."""
-    if job_id is None:
-        return lambda notice: True
-    return lambda notice: notice.concerns(job_id)
+@lru_cache(maxsize=4096)
+def sse_frame(event: StatusEvent) -> bytes:
+    """One change as an SSE message: ``id``, ``event: status``, ``data`` (StatusEventOut)."""
+    data = StatusEventOut.from_event(event).model_dump_json()
+    return f"id: {event.id}\nevent: status\ndata: {data}\n\n".encode()

@@ -3,38 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from api.deps import HubDep, JobIdPath, KeyPath, SettingsDep, StoreDep
+from api.deps import JobIdPath, KeyPath, LiveDep, SettingsDep, StoreDep
 from api.errors import ERROR_RESPONSES
-from api.live import Wakeup
 from api.schemas import (
     INT64_MAX,
+    METADATA_KEY_PATTERN,
     ActionRequest,
     ApiMetadata,
+    ClaimOut,
+    ClaimRequest,
     ErrorBody,
+    HeartbeatRequest,
     HistoryEntry,
     JobCreate,
     JobOut,
     JobPage,
     JobPatch,
+    LeaseOut,
     MetadataOut,
+    MetadataPage,
+    MetadataSummary,
     OptionalText,
     Phase,
     UtcDatetime,
     WaitResult,
 )
 from db.models import Job
-from db.records import JobFilter, NewJob, config_key, product_key
-from db.statuses import TERMINAL, Status, statuses_in_phase
+from db.records import JobFilter, MetadataLimits, NewJob, config_key, product_key
+from db.statuses import TERMINAL, WORKER_OWNED, Status, statuses_in_phase
 from db.store import JobStore, model_name
-from jobline.exceptions import JobNotFound
+from jobline.exceptions import JobNotFound, MetadataTooLarge
 from jobline.settings import Settings
 from jobtypes.base import load_job_type
+from jobtypes.locations import lies_within
+from jobtypes.registry import registry_for
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -74,15 +83,22 @@ def create_job(
 
 
 def _new_job(body: JobCreate, settings: Settings) -> NewJob:
-    kind = load_job_type(body.job_type, settings)
+    kind = load_job_type(body.job_type, settings)  # registered job types only
+    type_path = kind.import_path()  # a name is stored as its job type's import path
+    if body.input_path is not None and not lies_within(body.input_path, kind.input_url):
+        raise HTTPException(
+            422,
+            f"input_path: must lie under the job type's input storage {kind.input_url} "
+            "(no '.' or '..' parts, no query)",
+        )
     if body.product_id is not None:
-        key = product_key(body.job_type, body.product_id)
+        key = product_key(type_path, body.product_id)
         product_id = body.product_id
     else:
-        key = config_key(body.job_type, body.config or {})
+        key = config_key(type_path, body.config or {})
         product_id = f"config:{key.hex()}"
     return NewJob(
-        job_type=body.job_type,
+        job_type=type_path,
         product_id=product_id,
         queue=body.queue or kind.queue,
         priority=body.priority,
@@ -95,6 +111,14 @@ def _new_job(body: JobCreate, settings: Settings) -> NewJob:
         message="submitted through the API",
         job_key=key,
     )
+
+
+def stored_job_type(reference: str | None, settings: Settings) -> str | None:
+    """A job type filter as stored: a registered name becomes its import path; anything else
+    is kept (and matches nothing that is not stored so)."""
+    if reference is None:
+        return None
+    return registry_for(settings).canonical(reference) or reference
 
 
 def _existing(store: JobStore, key: bytes) -> Job:
@@ -110,11 +134,14 @@ def _existing(store: JobStore, key: bytes) -> Job:
 @router.get("")
 def list_jobs(
     store: StoreDep,
+    settings: SettingsDep,
     status: Annotated[
         list[Status] | None, Query(description="Only jobs in these statuses (repeatable).")
     ] = None,
     phase: Annotated[Phase | None, Query(description="Only jobs in this phase.")] = None,
-    job_type: Annotated[OptionalText, Query(max_length=200)] = None,
+    job_type: Annotated[
+        OptionalText, Query(max_length=200, description="Import path or name of a job type.")
+    ] = None,
     tile_id: Annotated[OptionalText, Query(max_length=64)] = None,
     created_after: Annotated[UtcDatetime | None, Query(description="Inclusive.")] = None,
     created_before: Annotated[UtcDatetime | None, Query(description="Exclusive.")] = None,
@@ -129,7 +156,7 @@ def list_jobs(
         return JobPage(jobs=[], next_cursor=None)
     filters = JobFilter(
         statuses=tuple(statuses or ()),
-        job_type=job_type,
+        job_type=stored_job_type(job_type, settings),
         tile_id=tile_id,
         created_after=created_after,
         created_before=created_before,
@@ -168,7 +195,7 @@ def get_history(
 async def wait_for_job(
     job_id: JobIdPath,
     store: StoreDep,
-    hub: HubDep,
+    live: LiveDep,
     timeout: Annotated[
         float, Query(ge=0, le=3600, allow_inf_nan=False, description="Seconds to wait at most.")
     ] = 30.0,
@@ -176,49 +203,126 @@ async def wait_for_job(
     """Long-poll until the job is terminal or ``timeout`` passes.
 
     Always 200: ``terminal`` says whether the job finished, ``timed_out`` that the wait ended
-    first (the job is then the current one; ask again to keep waiting).
+    first (the job is then the current one; ask again to keep waiting). A wait holds no
+    database connection: it reads the job when it starts, when the server's one live feed
+    reports a change of the job into a terminal status, and when it times out.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    with Wakeup(hub, lambda notice: notice.concerns(job_id)) as wakeup:
-        while True:
-            job = await run_in_threadpool(store.get_job, job_id, touch=False)
-            terminal = Status(job.status) in TERMINAL
+    # Subscribe before the first read: a change committed in between is delivered.
+    with live.subscribe(job_id=job_id) as changes:
+        job = await run_in_threadpool(store.get_job, job_id, touch=False)
+        while Status(job.status) not in TERMINAL:
             remaining = deadline - loop.time()
-            if terminal or remaining <= 0:
-                return WaitResult(
-                    job=JobOut.from_job(job), terminal=terminal, timed_out=not terminal
-                )
-            await wakeup.wait(remaining)
+            if remaining <= 0:
+                job = await run_in_threadpool(store.get_job, job_id, touch=False)
+                break
+            events = await changes.next_events(remaining)
+            if any(Status(event.to_status) in TERMINAL for event in events):
+                job = await run_in_threadpool(store.get_job, job_id, touch=False)
+    terminal = Status(job.status) in TERMINAL
+    return WaitResult(job=JobOut.from_job(job), terminal=terminal, timed_out=not terminal)
 
 
 # ------------------------------------------------------------------------------ change
 
 
 @router.patch("/{job_id}", responses={**NOT_FOUND, **CONFLICT})
-def patch_job(job_id: JobIdPath, patch: JobPatch, store: StoreDep) -> JobOut:
+def patch_job(job_id: JobIdPath, patch: JobPatch, store: StoreDep, settings: SettingsDep) -> JobOut:
     """Change documented fields of a job; a new ``status`` goes through the state machine.
 
-    Patchable: ``status`` (with an optional ``message`` and ``error_class``), ``priority``,
-    ``max_attempts``, ``output_path``, ``output_publication_date``, ``output_files``.
+    Patchable: ``status`` (with an optional ``message``, ``error_class`` and ``lease_token``),
+    ``priority``, ``max_attempts``, ``output_path``, ``output_publication_date``,
+    ``output_files``. Who may make which move:
+
+    * into a status workers own (``queued`` through ``published``): only the holder of the
+      job's current lease (``lease_token`` from ``POST /jobs/{id}/claim``), else 409;
+    * into any other status the state machine allows (``configured``, ``ready``,
+      ``error_checked``, ``done``, the error statuses, ``cancelled``, ...): any token holder;
+      a ``lease_token`` given with it must still own the job.
+
+    ``output_path`` must lie under the job type's output storage (422 otherwise).
     """
     current = store.get_job(job_id, touch=False)
     values = patch.field_values()
-    if patch.status is not None and patch.status.value != current.status:
-        job = store.transition(
-            job_id,
-            patch.status,
-            expected_from=current.status,
-            message=patch.message,
-            error_class=patch.error_class,
-            values=values,
-        )
+    if values.get("output_path") is not None:
+        _check_output_path(values["output_path"], current, settings)
+    if patch.status is None or patch.status.value == current.status:
+        job = store.update_job_fields(job_id, values) if values else current
         return JobOut.from_job(job)
-    for name in ("message", "error_class"):
-        if getattr(patch, name) is not None:
-            raise HTTPException(422, f"{name}: only accompanies a change of status")
-    job = store.update_job_fields(job_id, values) if values else current
+    if patch.status in WORKER_OWNED and patch.lease_token is None:
+        raise HTTPException(
+            409,
+            f"lease_token: {current.status} -> {patch.status.value} is a worker's move: it needs "
+            "the job's current lease_token (an external processor claims the job with POST "
+            f"/jobs/{job_id}/claim first)",
+        )
+    job = store.transition(
+        job_id,
+        patch.status,
+        expected_from=current.status,
+        message=patch.message,
+        error_class=patch.error_class,
+        lease_token=patch.lease_token,
+        count_attempt=patch.status is Status.STARTED,  # an attempt starts, as a worker's does
+        values=values,
+    )
     return JobOut.from_job(job)
+
+
+def _check_output_path(output_path: str, job: Job, settings: Settings) -> None:
+    kind = load_job_type(job.job_type, settings)
+    if not lies_within(output_path, kind.output_url):
+        raise HTTPException(
+            422,
+            f"output_path: must lie under the job type's output storage {kind.output_url} "
+            "(no '.' or '..' parts, no query)",
+        )
+
+
+# ----------------------------------------------------------- external processors' leases
+
+
+@router.post(
+    "/{job_id}/claim",
+    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "The job is not ready."}},
+)
+def claim_job(
+    job_id: JobIdPath, body: ClaimRequest, store: StoreDep, settings: SettingsDep
+) -> ClaimOut:
+    """An external processor takes a ready job: ``ready -> queued`` with a lease.
+
+    The lease token (shown only in this answer) goes with every PATCH into a worker-owned
+    status (``started`` ... ``processed``); renew it with ``POST /jobs/{id}/heartbeat`` before
+    it expires, or maintenance treats the processor as lost (``internal_error``, retry policy).
+    """
+    job = store.get_job(job_id, touch=False)
+    seconds = body.lease_seconds or settings.lease_seconds
+    claimed = store.claim(job.queue, 1, body.worker, lease_seconds=seconds, job_ids=[job_id])
+    if not claimed:
+        now = store.get_job(job_id, touch=False)
+        reason = f"job {job_id} is {now.status}; only a ready job can be claimed"
+        if now.status == Status.READY.value and now.retry_at is not None:
+            reason = f"job {job_id} waits for its retry until {now.retry_at.isoformat()}"
+        raise HTTPException(409, f"status: {reason}")
+    taken = claimed[0]
+    lease = LeaseOut(
+        job_id=taken.id,
+        lease_token=taken.lease_token or "",
+        lease_expires_at=taken.lease_expires_at,  # type: ignore[arg-type]
+    )
+    return ClaimOut(job=JobOut.from_job(taken), lease=lease)
+
+
+@router.post("/{job_id}/heartbeat", responses={**NOT_FOUND, **CONFLICT})
+def heartbeat(
+    job_id: JobIdPath, body: HeartbeatRequest, store: StoreDep, settings: SettingsDep
+) -> LeaseOut:
+    """Extend the lease of a job the caller holds (409 once the lease was lost)."""
+    store.get_job(job_id, touch=False)  # 404 for an unknown job
+    seconds = body.lease_seconds or settings.lease_seconds
+    expires = store.heartbeat(job_id, body.lease_token, seconds)
+    return LeaseOut(job_id=job_id, lease_token=body.lease_token, lease_expires_at=expires)
 
 
 @router.post("/{job_id}/retry", responses={**NOT_FOUND, **CONFLICT})
@@ -239,9 +343,20 @@ def cancel_job(job_id: JobIdPath, store: StoreDep, body: ActionRequest | None = 
 
 
 @router.get("/{job_id}/metadata", responses=NOT_FOUND)
-def list_metadata(job_id: JobIdPath, store: StoreDep) -> list[MetadataOut]:
-    """Every metadata document of the job."""
-    return [MetadataOut.from_row(row) for row in store.metadata_documents(job_id)]
+def list_metadata(
+    job_id: JobIdPath,
+    store: StoreDep,
+    after: Annotated[
+        str | None,
+        Query(pattern=METADATA_KEY_PATTERN, description="next_after of the previous page."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> MetadataPage:
+    """The job's metadata keys in key order, each with its model, size and times; the
+    documents themselves are read one at a time (``GET .../metadata/{key}``)."""
+    rows = store.metadata_summaries(job_id, after=after, limit=limit + 1)
+    items = [MetadataSummary.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    return MetadataPage(items=items, next_after=items[-1].key if len(rows) > limit else None)
 
 
 @router.get("/{job_id}/metadata/{key}", responses=NOT_FOUND)
@@ -258,13 +373,30 @@ def get_metadata(job_id: JobIdPath, key: KeyPath, store: StoreDep) -> MetadataOu
     },
 )
 def put_metadata(
-    job_id: JobIdPath, key: KeyPath, document: ApiMetadata, store: StoreDep
+    job_id: JobIdPath,
+    key: KeyPath,
+    document: ApiMetadata,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> MetadataOut:
     """Store a JSON object under ``key`` (replacing one written through the API; a document a
-    task wrote must be deleted first: 409)."""
-    row = store.set_metadata_document(
-        job_id, key, document.model_dump(mode="json"), API_METADATA_MODEL
+    task wrote must be deleted first: 409).
+
+    Limits (settings): a document's compact JSON at most ``JOBLINE_API_METADATA_MAX_DOCUMENT_
+    BYTES`` (413), all of a job's documents together at most ``..._MAX_JOB_BYTES`` (413), at
+    most ``..._MAX_KEYS`` keys per job (422).
+    """
+    value = document.model_dump(mode="json")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > settings.api_metadata_max_document_bytes:
+        raise MetadataTooLarge(
+            job_id, key, settings.api_metadata_max_document_bytes, f"the document ({size} bytes)"
+        )
+    limits = MetadataLimits(
+        max_keys=settings.api_metadata_max_keys,
+        max_job_bytes=settings.api_metadata_max_job_bytes,
     )
+    row = store.set_metadata_document(job_id, key, value, API_METADATA_MODEL, limits=limits)
     return MetadataOut.from_row(row)
 
 

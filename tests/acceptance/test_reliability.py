@@ -37,6 +37,7 @@ from jobline.settings import Settings
 from tasks.maintenance import run_maintenance
 from tests.conftest import missing_service
 from tests.integration.test_amqp import BROKER_URL, Broker, broker  # noqa: F401 - fixture
+from tests.support.jobtypes import declare_job_types
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "reliability_jobtypes"
@@ -58,7 +59,8 @@ DEADLINE = 120
 
 
 def write_job_types(directory: Path, inputs: Path, outputs: Path, runs: Path) -> None:
-    """The job types of these tests, in a module outside the repository, importable by path."""
+    """The job types of these tests, in a module outside the repository, registered by an
+    entry point as an installed package's would be."""
     directory.mkdir(parents=True, exist_ok=True)
     source = f"""
         from jobtypes.base import JobType
@@ -91,6 +93,11 @@ def write_job_types(directory: Path, inputs: Path, outputs: Path, runs: Path) ->
             input_storage = "file://{inputs}/paced"
         """
     (directory / f"{MODULE}.py").write_text(textwrap.dedent(source))
+    declare_job_types(
+        directory,
+        "reliability-jobtypes",
+        {name: f"{MODULE}:{name.title()}" for name in ("sleepy", "quick", "paced")},
+    )
     if str(directory) not in sys.path:
         sys.path.insert(0, str(directory))
     sys.modules.pop(MODULE, None)
@@ -141,7 +148,7 @@ def worker_env(settings: Settings, prefect_api_url: str, env: Env) -> dict[str, 
         if name == "api_token":
             continue
         variables[f"JOBLINE_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict) else str(value)
+            json.dumps(value) if isinstance(value, dict | list) else str(value)
         )
     variables.update(
         PREFECT_API_URL=prefect_api_url,

@@ -53,6 +53,11 @@ class ApiServer:
     log_path: Path
 
     @property
+    def data_dir(self) -> Path:
+        """The server's JOBLINE_DATA_DIR (where the demo job type's storage is)."""
+        return self.log_path.parent
+
+    @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
@@ -77,14 +82,20 @@ def start_server(
     *,
     token: str | None = TOKEN,
     extra_args: tuple[str, ...] = (),
+    job_types: tuple[str, ...] = (),
+    python_path: tuple[Path, ...] = (),
 ) -> ApiServer:
-    """Start ``jobline api`` on a free loopback port and wait until /health answers."""
+    """Start ``jobline api`` on a free loopback port and wait until /health answers;
+    ``job_types`` are registered (JOBLINE_JOB_TYPES), importable from ``python_path``."""
     port = free_port()
     env = {
         **os.environ,
         "JOBLINE_DATABASE_URL": database_url,
         "JOBLINE_DATA_DIR": str(data_dir),
+        "JOBLINE_JOB_TYPES": ",".join(job_types),
     }
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, python_path), env.get("PYTHONPATH", "")])
     env.pop("JOBLINE_API_TOKEN", None)
     if token is not None:
         env["JOBLINE_API_TOKEN"] = token

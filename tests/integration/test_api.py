@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from db.migrate import head_revision
 from db.records import config_key, product_key
 from db.statuses import Status
 from db.store import JobStore
@@ -61,10 +62,11 @@ def error_fields(response: httpx.Response) -> list[str]:
 def test_health_needs_no_token_and_reports_the_revision(api_server: ApiServer) -> None:
     response = httpx.get(f"{api_server.url}/health")
     assert response.status_code == 200
-    body = response.json()
-    assert body["database"] == "reachable"
-    assert body["revision"] == body["head"]
-    assert body["up_to_date"] is True
+    assert response.json() == {
+        "status": "ok",
+        "database": "reachable",
+        "revision": head_revision(),
+    }
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])
@@ -248,11 +250,14 @@ def test_get_job_and_its_history(client: httpx.Client, pg_store: JobStore) -> No
 # ------------------------------------------------------------------------------ patch
 
 
-def test_patch_changes_documented_fields(client: httpx.Client, pg_store: JobStore) -> None:
+def test_patch_changes_documented_fields(
+    client: httpx.Client, api_server: ApiServer, pg_store: JobStore
+) -> None:
     job_id = submit(client).json()["id"]
-    response = client.patch(f"/jobs/{job_id}", json={"priority": 7, "output_path": "s3://x/y"})
+    folder = f"file://{api_server.data_dir}/output/snow_cover/no-tile/snow_cover_P1/"
+    response = client.patch(f"/jobs/{job_id}", json={"priority": 7, "output_path": folder})
     assert response.status_code == 200
-    assert (response.json()["priority"], response.json()["output_path"]) == (7, "s3://x/y")
+    assert (response.json()["priority"], response.json()["output_path"]) == (7, folder)
     assert len(pg_store.history(job_id)) == 1  # no status change, no history row
 
     moved = client.patch(
@@ -341,7 +346,9 @@ def test_metadata_round_trip(client: httpx.Client, pg_store: JobStore) -> None:
     assert got.json()["document"] == document
     replaced = client.put(f"/jobs/{job_id}/metadata/review", json={"checked_by": "ops"})
     assert replaced.json()["document"] == {"checked_by": "ops"}
-    assert [row["key"] for row in client.get(f"/jobs/{job_id}/metadata").json()] == ["review"]
+    listed = client.get(f"/jobs/{job_id}/metadata").json()
+    assert [row["key"] for row in listed["items"]] == ["review"]
+    assert listed["next_after"] is None
 
     assert client.delete(f"/jobs/{job_id}/metadata/review").status_code == 204
     gone = client.get(f"/jobs/{job_id}/metadata/review")
@@ -359,7 +366,7 @@ def test_metadata_a_task_wrote_is_not_overwritten(client: httpx.Client, pg_store
     assert error_fields(response) == ["key"]
     stored = pg_store.get_metadata(job_id, "configure", Configuration)
     assert stored.ready is False
-    listed = client.get(f"/jobs/{job_id}/metadata").json()
+    listed = client.get(f"/jobs/{job_id}/metadata").json()["items"]
     assert listed[0]["model"] == "jobtypes.base.Configuration"
 
 

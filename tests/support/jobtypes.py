@@ -1,5 +1,7 @@
 """Job types for lifecycle tests, written as a module OUTSIDE the repository (in a temp dir), as a
-partner's would be, and loaded by import path."""
+partner's would be, and registered the way an installed package registers its job types: an entry
+point in the ``jobline.job_types`` group (a ``.dist-info`` folder next to the module, so that
+``importlib.metadata`` finds it on the path, in this process and in subprocesses alike)."""
 
 from __future__ import annotations
 
@@ -70,10 +72,26 @@ def write_partner_module(directory: Path, input_dir: Path, output_dir: Path) -> 
                 return Configuration()
         '''
     (directory / f"{MODULE_NAME}.py").write_text(textwrap.dedent(source))
+    declare_job_types(
+        directory,
+        "partner-jobtypes",
+        {"echo": f"{MODULE_NAME}:Echo", "docker_echo": f"{MODULE_NAME}:DockerEcho"},
+    )
     if str(directory) not in sys.path:
         sys.path.insert(0, str(directory))
     sys.modules.pop(MODULE_NAME, None)
     return f"{MODULE_NAME}:Echo"
+
+
+def declare_job_types(directory: Path, distribution: str, job_types: dict[str, str]) -> None:
+    """Declare ``job_types`` (entry point name -> ``module:Class``) as an installed
+    distribution in ``directory`` declares them (``[project.entry-points."jobline.job_types"]``
+    in its pyproject.toml ends up as this ``entry_points.txt``)."""
+    info = directory / f"{distribution.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
+    lines = [f"{name} = {path}" for name, path in job_types.items()]
+    (info / "entry_points.txt").write_text("[jobline.job_types]\n" + "\n".join(lines) + "\n")
 
 
 def write_products(input_dir: Path, names: list[str]) -> None:
@@ -97,6 +115,7 @@ def write_snow_cover_on(directory: Path, input_url: str, output_url: str, name: 
             output_storage = {output_url!r}
         """
     (directory / f"{module}.py").write_text(textwrap.dedent(source))
+    declare_job_types(directory, f"snow-on-{name}", {name: f"{module}:Remote"})
     if str(directory) not in sys.path:
         sys.path.insert(0, str(directory))
     sys.modules.pop(module, None)
