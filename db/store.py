@@ -52,6 +52,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import instance_state
 
+from db import rekey
 from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
 from db.models import Job, JobCount, JobMetadata, JobStatusChange, Meta, UtcDateTime
@@ -919,6 +920,28 @@ class JobStore:
             )
             revived.update((bytes(key), job_id) for job_id, key in result)
         return revived
+
+    # ------------------------------------------------------------------------- job keys
+
+    def finish_pending_rekey(self, import_path: str, name: str) -> rekey.RekeyReport | None:
+        """Rewrite the keys of a job type migration 0006 could not load, if it is pending
+        (one primary-key look-up otherwise); call before looking up or inserting its keys."""
+        with self.session() as session:
+            return rekey.finish_pending_rekey(session.connection(), import_path, name)
+
+    def rekey_job_type(self, import_path: str, name: str) -> rekey.RekeyReport:
+        """Rewrite the keys of the jobs of ``import_path`` from ``name`` (see :mod:`db.rekey`)."""
+        with self.session() as session:
+            report = rekey.rekey_job_type(session.connection(), import_path, name)
+            session.execute(
+                delete(Meta).where(Meta.key == (rekey.PENDING_PREFIX + import_path)[:200])
+            )
+        return report
+
+    def pending_rekeys(self) -> dict[str, str]:
+        """Job types whose jobs still have keys made from their import path, and why."""
+        with self.session() as session:
+            return rekey.pending_rekeys(session.connection())
 
     # --------------------------------------------------------------------- bookkeeping
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from db import outbox
 from db.models import Job
-from db.records import JobFilter, NewJob, RunIds
+from db.records import JobFilter, NewJob, RunIds, product_key
 from db.statuses import Status
 from db.store import JobStore, connection_lost
 from jobline.exceptions import LeaseLost, ProcessingError, TransitionError
@@ -86,6 +86,9 @@ def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> In
     """One job per discovered product (``initialized``, or ``cancelled`` as ``pre_insert``
     decides); products that already have a job are skipped."""
     now = ctx.now()
+    rekeyed = ctx.store.finish_pending_rekey(job_type.import_path(), job_type.name)
+    if rekeyed is not None:
+        ctx.log(f"job keys made from the job type's name: {rekeyed.describe()}")
     new_jobs: list[NewJob] = []
     dropped = 0
     for product in discovery.products:
@@ -106,6 +109,7 @@ def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> In
                 max_attempts=job_type.max_attempts,
                 status=S.CANCELLED if cancelled else S.INITIALIZED,
                 message=decision.reason or None,
+                job_key=product_key(job_type.name, product.product_id),
             )
         )
     result = ctx.store.insert_jobs(new_jobs, run=ctx.run)

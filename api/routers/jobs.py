@@ -33,8 +33,7 @@ from db.records import JobFilter, NewJob, config_key, product_key
 from db.statuses import TERMINAL, Status, statuses_in_phase
 from db.store import JobStore, model_name
 from jobline.exceptions import JobNotFound
-from jobline.settings import Settings
-from jobtypes.base import load_job_type
+from jobtypes.base import JobType, load_job_type
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -62,7 +61,11 @@ def create_job(
     An identical job is one with the same job type and product id (or, without a product id,
     the same config). Requesting an expired job again sends it back to ``initialized``.
     """
-    new = _new_job(body, settings)
+    kind = load_job_type(body.job_type, settings)
+    # Keys are made from the job type's name; a job type migration 0006 could not load gets
+    # its stored keys rewritten before this one is looked up.
+    store.finish_pending_rekey(body.job_type, kind.name)
+    new = _new_job(body, kind)
     # insert_jobs also sends an expired job of the key back to initialized (and reports it).
     touched = new.key in store.insert_jobs([new]).inserted
     job = _existing(store, new.key)
@@ -73,13 +76,12 @@ def create_job(
     return JobOut.from_job(job)
 
 
-def _new_job(body: JobCreate, settings: Settings) -> NewJob:
-    kind = load_job_type(body.job_type, settings)
+def _new_job(body: JobCreate, kind: JobType) -> NewJob:
     if body.product_id is not None:
-        key = product_key(body.job_type, body.product_id)
+        key = product_key(kind.name, body.product_id)
         product_id = body.product_id
     else:
-        key = config_key(body.job_type, body.config or {})
+        key = config_key(kind.name, body.config or {})
         product_id = f"config:{key.hex()}"
     return NewJob(
         job_type=body.job_type,
