@@ -133,7 +133,8 @@ def _run(
         )
     console.print(
         f"discovered {summary.discovered}, inserted {summary.inserted}, "
-        f"skipped {summary.skipped} known, processed {summary.processed}"
+        f"skipped {summary.skipped} known, processed {summary.jobs} jobs "
+        f"({summary.attempts} attempts)"
     )
     console.print(jobs_table(store, job_type))
 

@@ -667,6 +667,21 @@ class JobStore:
         with self.session() as session:
             return list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
 
+    def count_statuses(self, job_ids: Iterable[int]) -> dict[str, int]:
+        """How many of the given jobs are in each status."""
+        ids = list(dict.fromkeys(job_ids))
+        counts: dict[str, int] = {}
+        with self.session() as session:
+            for start in range(0, len(ids), INSERT_CHUNK):
+                rows = session.execute(
+                    select(Job.status, func.count())
+                    .where(Job.id.in_(ids[start : start + INSERT_CHUNK]))
+                    .group_by(Job.status)
+                )
+                for status, count in rows:
+                    counts[status] = counts.get(status, 0) + count
+        return counts
+
     def list_jobs(
         self, filters: JobFilter | None = None, *, after: int | None = None, limit: int = 100
     ) -> Page:

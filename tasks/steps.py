@@ -33,6 +33,7 @@ from tasks import storage
 from tasks.heartbeat import keeper_for
 from tasks.publication import DeliveryReport, deliver_pending, sink_for
 from tasks.results import (
+    REJECTIONS_PER_JOB,
     ClaimedJob,
     ConfigureSummary,
     Discovery,
@@ -73,13 +74,42 @@ def discover_inputs(
     ctx: StepContext, job_type: JobType, since: datetime | None, until: datetime | None
 ) -> Discovery:
     """Products published in the window: explicit ``since``/``until``, else from the job
-    type's watermark (minus an overlap) up to now, or a default look-back the first time."""
+    type's watermark (minus an overlap) up to now, or a default look-back the first time.
+    Objects that do not make a valid product are rejected, named in the log, and skipped."""
     start, end = storage.watermark_window(ctx.store, job_type.name, ctx.now(), since, until)
     products = job_type.discover(start, end)
     if products is None:
-        products = storage.list_products(job_type, start, end)
-    ctx.log(f"discovered {len(products)} {job_type.name} products in [{start}, {end})")
-    return Discovery(job_type=job_type.import_path(), since=start, until=end, products=products)
+        listing = storage.scan_products(job_type, start, end)
+    else:
+        listing = storage.Listing()
+        for product in products:
+            problem = storage.product_problem(product)
+            if problem is None:
+                listing.products.append(product)
+            else:
+                path = getattr(product, "path", repr(product))
+                listing.rejected.append(
+                    storage.Rejection(path=str(path), kind="invalid_product", reason=problem)
+                )
+    for rejection in listing.rejected[:LOGGED_REJECTIONS]:
+        ctx.log(f"rejected {rejection.path}: {rejection.reason}")
+    if len(listing.rejected) > LOGGED_REJECTIONS:
+        ctx.log(f"… and {len(listing.rejected) - LOGGED_REJECTIONS} more rejected objects")
+    ctx.log(
+        f"discovered {len(listing.products)} {job_type.name} products in [{start}, {end})"
+        + (f", rejected {len(listing.rejected)} objects" if listing.rejected else "")
+    )
+    return Discovery(
+        job_type=job_type.import_path(),
+        since=start,
+        until=end,
+        products=listing.products,
+        rejected=listing.rejected,
+    )
+
+
+#: Rejected objects named one by one in a run's log (the rest are counted).
+LOGGED_REJECTIONS = 50
 
 
 def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> InsertSummary:
@@ -126,6 +156,9 @@ def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> In
                     until=discovery.until,
                     products_found=len(discovery.products),
                     product=products[by_key[key].product_id],
+                    rejected_count=len(discovery.rejected),
+                    rejected_by_kind=discovery.rejected_by_kind(),
+                    rejected=discovery.rejected[:REJECTIONS_PER_JOB],
                 ),
             )
             for key, job_id in result.inserted.items()
@@ -200,9 +233,18 @@ def claim_jobs(ctx: StepContext, job_type: JobType, limit: int) -> list[ClaimedJ
         job_type=job_type.import_path(),
         run=ctx.run,
     )
-    claimed = [ClaimedJob(job_id=job.id, lease_token=job.lease_token or "") for job in jobs]
+    claimed = [_claimed(job) for job in jobs]
     _hold_queued(ctx, claimed)
     return claimed
+
+
+def _claimed(job: Job) -> ClaimedJob:
+    return ClaimedJob(
+        job_id=job.id,
+        lease_token=job.lease_token or "",
+        product_id=job.product_id,
+        tile_id=job.tile_id,
+    )
 
 
 def _hold_queued(ctx: StepContext, claimed: list[ClaimedJob]) -> None:
@@ -233,7 +275,7 @@ def claim_one(ctx: StepContext, job_id: int) -> tuple[str, ClaimedJob] | None:
         current = ctx.store.get_job(job_id, touch=False)
         ctx.log(f"job {job_id} is {current.status}, not ready: nothing to process")
         return None
-    claimed = ClaimedJob(job_id=job.id, lease_token=jobs[0].lease_token or "")
+    claimed = _claimed(jobs[0])
     _hold_queued(ctx, [claimed])
     return job.job_type, claimed
 
@@ -270,7 +312,9 @@ def pre_process(ctx: StepContext, job_type: JobType, claimed: ClaimedJob) -> Ste
         run=ctx.run,
         message=f"attempt started by {worker_name()}",
     )
-    outcome = StepOutcome(job_id=job.id, lease_token=token)
+    outcome = StepOutcome(
+        job_id=job.id, lease_token=token, product_id=job.product_id, tile_id=job.tile_id
+    )
     keeper_for(store, ctx.settings).hold(job.id, token)  # until processed or failed
     try:
         store.transition(
