@@ -1377,6 +1377,9 @@ RECONNECTING_METHODS = (
     "last_change_id",
     "get_meta",
     "set_meta",
+    "count_statuses",
+    "finish_pending_rekey",
+    "pending_rekeys",
 )
 for _name in RECONNECTING_METHODS:
     setattr(JobStore, _name, _reconnecting(getattr(JobStore, _name)))
