@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import insert, lifecycle, pipeline, query
+from bench import concurrency, insert, lifecycle, pipeline, query
 from bench.report import LATEST, Measurement, markdown_table, text_table, write_json
 from bench.scratch import admin_url, machine_facts, scratch_database
 from jobline.exceptions import ConfigurationError
 from jobline.settings import Settings
 
-BENCHMARKS = ("insert", "lifecycle", "query", "pipeline")
+BENCHMARKS = ("insert", "lifecycle", "query", "pipeline", "concurrency")
 #: Jobs a lifecycle worker claims at a time (and moves through each status in one statement).
 BATCH = 100
 
@@ -38,6 +38,7 @@ def sizes(quick: bool) -> dict[str, object]:
             "pipeline": pipeline.PipelineSizes(
                 jobs=20, memory_small=40, memory_large=160, concurrency=4, repeats=1
             ),
+            "concurrency": concurrency.ConcurrencySizes(sleep_seconds=3.0, jobs=(4,)),
         }
     return {
         "insert": insert.InsertSizes(jobs=100_000, naive_jobs=5_000, repeats=3),
@@ -48,6 +49,7 @@ def sizes(quick: bool) -> dict[str, object]:
         "pipeline": pipeline.PipelineSizes(
             jobs=200, memory_small=500, memory_large=2_000, concurrency=4, repeats=2
         ),
+        "concurrency": concurrency.ConcurrencySizes(sleep_seconds=10.0),
     }
 
 
@@ -63,6 +65,7 @@ def run(server_url: str, chosen: list[str], quick: bool) -> list[Measurement]:
         "lifecycle": lambda url: lifecycle.run(url, size["lifecycle"], log),  # type: ignore[arg-type]
         "query": lambda url: query.run(url, size["query"], log),  # type: ignore[arg-type]
         "pipeline": lambda url: pipeline.run(url, server_url, size["pipeline"], log),  # type: ignore[arg-type]
+        "concurrency": lambda url: concurrency.run(url, server_url, size["concurrency"], log),  # type: ignore[arg-type]
     }  # fmt: skip
     measurements: list[Measurement] = []
     for name in chosen:
