@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from cli import api_cmd, maintenance_cmd, pipeline_cmds
+from cli.amqp_cmd import amqp_app
 from cli.jobs import jobs_app
 from db.engine import make_engine
 from db.migrate import current_revision, head_revision, upgrade
@@ -32,6 +33,7 @@ app.command("run")(pipeline_cmds.run)
 app.add_typer(jobs_app, name="jobs")
 app.command("api")(api_cmd.serve_api)
 app.command("maintenance")(maintenance_cmd.maintenance)
+app.add_typer(amqp_app, name="amqp")
 console = Console()
 errors = Console(stderr=True)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from pydantic import TypeAdapter
@@ -35,7 +36,7 @@ from db.migrate import upgrade
 from db.records import JobFilter
 from db.statuses import TERMINAL, Status
 from db.store import JobStore
-from jobline.exceptions import JoblineError
+from jobline.exceptions import JoblineError, PublicationError
 from jobline.settings import Settings, get_settings
 from jobtypes.base import load_job_type
 
@@ -170,6 +171,7 @@ def _run(run: PipelineRun, settings: Settings, as_json: bool) -> None:
         )
     from flows.pipeline import run_pipeline
 
+    _declare_exchange(settings, out)
     store = JobStore.from_settings(settings)
     with _ProgressWatcher(store, run.job_type, out):
         summary = run_pipeline(
@@ -189,6 +191,21 @@ def _run(run: PipelineRun, settings: Settings, as_json: bool) -> None:
             out.print(line)
         out.print(jobs_table(store, run.job_type))
     raise typer.Exit(exit_code(summary))
+
+
+def _declare_exchange(settings: Settings, out: Console) -> None:
+    """With the AMQP sink, declare the exchange before the first job publishes (consumers can
+    bind to it from then on); an unreachable broker only delays publication."""
+    from tasks.publication import declare_exchange
+
+    if urlsplit(settings.resolved_publication_sink).scheme not in ("amqp", "amqps"):
+        return
+    try:
+        where = declare_exchange(settings)
+    except PublicationError as error:
+        out.print(f"[yellow]{error}: publication messages stay pending until it answers[/]")
+        return
+    out.print(f"publication exchange {settings.amqp_exchange!r} declared on {where}")
 
 
 def exit_code(summary: PipelineSummary) -> int:
