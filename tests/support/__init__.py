@@ -1,0 +1,1 @@
+"""Helpers shared by tests: partner job types written outside the repository."""
