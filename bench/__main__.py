@@ -49,7 +49,7 @@ def sizes(quick: bool) -> dict[str, object]:
         "pipeline": pipeline.PipelineSizes(
             jobs=200, memory_small=500, memory_large=2_000, concurrency=4, repeats=2
         ),
-        "concurrency": concurrency.ConcurrencySizes(sleep_seconds=10.0),
+        "concurrency": concurrency.ConcurrencySizes(sleep_seconds=20.0),
     }
 
 

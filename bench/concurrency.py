@@ -3,7 +3,8 @@
 For each runner (local, and docker when an engine answers) and N in (4, 8): the wall time of a
 ``run-pipeline`` call over N products that sleep S seconds each, at ``concurrency`` N. Baseline,
 measured in the same run: the same flow over ONE product that sleeps 0 s, i.e. the fixed
-overhead of a run with one job (discovery, the job's steps and task runs, the summary).
+overhead of a run with one job (discovery, the job's steps and task runs, the summary), best
+of two after a first run that is not measured.
 Target: wall time <= 1.2 x S + that overhead, i.e. the N jobs' processing overlapped. Before
 issue 13's processing loop a pool of ``concurrency`` threads ran about one job at a time
 (wall time about N x S).
@@ -101,8 +102,10 @@ def run(database_url: str, server_url: str, sizes: ConcurrencySizes, log: Any) -
     with prefect_api(server_url) as api_url:
         log(f"  Prefect API at {api_url}")
         for runner in runners:
-            overhead = run_child(runner, 1, 0, api_url, server_url)["seconds"]
-            log(f"  {runner}: one job sleeping 0 s: {overhead:.1f} s")
+            # The first flow run on a server registers the flow and its tasks: not measured.
+            run_child(runner, 1, 0, api_url, server_url)
+            overhead = min(run_child(runner, 1, 0, api_url, server_url)["seconds"] for _ in "ab")
+            log(f"  {runner}: one job sleeping 0 s: {overhead:.1f} s (best of 2)")
             for jobs in sizes.jobs:
                 wall = run_child(runner, jobs, seconds, api_url, server_url)["seconds"]
                 log(f"  {runner}: {jobs} jobs sleeping {seconds:g} s at concurrency {jobs}: "

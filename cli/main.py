@@ -1,7 +1,8 @@
 """The ``jobline`` command: operators' entry point.
 
-Exit codes scripts can rely on: 0 ok, 1 a job failed (when waiting), 2 usage error or not found,
-3 a wait timed out.
+Exit codes scripts can rely on: 0 ok, 1 a job failed (when waiting, or a job of a ``run`` or
+``demo``), 2 usage error or not found, 3 a wait timed out (or a job of a ``run`` was not finished
+when it ended), 4 the AMQP broker could not be reached (``amqp``).
 """
 
 from __future__ import annotations

@@ -118,9 +118,11 @@ def run(
 ) -> None:
     """Run the pipeline for any job type: discover, insert, configure, process, summarize.
 
-    Creates or migrates the job store's schema first. Exit codes: 0 every job of the run done
-    (or nothing to do), 1 a job of the run failed or was cancelled, 2 usage error, 3 a job of
-    the run not finished yet (a retry or a publication pending)."""
+    Creates or migrates the job store's schema first.
+
+    Exit codes: 0 every job of the run done, or nothing to do; 1 a job failed or was cancelled;
+
+    2 usage error; 3 a job not finished yet (a retry or a publication pending)."""
     out = _output(as_json)
     settings = get_settings()
     upgrade(settings)
