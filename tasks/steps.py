@@ -28,7 +28,7 @@ from db.statuses import Status
 from db.store import JobStore, connection_lost
 from jobline.exceptions import LeaseLost, ProcessingError, TransitionError
 from jobline.settings import Settings
-from jobtypes.base import InputFile, JobType, OutputFile, load_job_type
+from jobtypes.base import InputFile, JobType, OutputFile, Product, load_job_type
 from tasks import storage
 from tasks.heartbeat import keeper_for
 from tasks.publication import DeliveryReport, deliver_pending, sink_for
@@ -81,20 +81,8 @@ def discover_inputs(
     if products is None:
         listing = storage.scan_products(job_type, start, end)
     else:
-        listing = storage.Listing()
-        for product in products:
-            problem = storage.product_problem(product)
-            if problem is None:
-                listing.products.append(product)
-            else:
-                path = getattr(product, "path", repr(product))
-                listing.rejected.append(
-                    storage.Rejection(path=str(path), kind="invalid_product", reason=problem)
-                )
-    for rejection in listing.rejected[:LOGGED_REJECTIONS]:
-        ctx.log(f"rejected {rejection.path}: {rejection.reason}")
-    if len(listing.rejected) > LOGGED_REJECTIONS:
-        ctx.log(f"… and {len(listing.rejected) - LOGGED_REJECTIONS} more rejected objects")
+        listing = _checked(products)
+    _log_rejections(ctx, listing.rejected)
     ctx.log(
         f"discovered {len(listing.products)} {job_type.name} products in [{start}, {end})"
         + (f", rejected {len(listing.rejected)} objects" if listing.rejected else "")
@@ -106,6 +94,27 @@ def discover_inputs(
         products=listing.products,
         rejected=listing.rejected,
     )
+
+
+def _checked(products: list[Product]) -> storage.Listing:
+    """The products a job type's own ``discover`` returned, the unsafe ones rejected."""
+    listing = storage.Listing()
+    for product in products:
+        problem = storage.product_problem(product)
+        if problem is None:
+            listing.products.append(product)
+            continue
+        path = str(getattr(product, "path", repr(product)))
+        rejection = storage.Rejection(path=path, kind="invalid_product", reason=problem)
+        listing.rejected.append(rejection)
+    return listing
+
+
+def _log_rejections(ctx: StepContext, rejected: list[storage.Rejection]) -> None:
+    for rejection in rejected[:LOGGED_REJECTIONS]:
+        ctx.log(f"rejected {rejection.path}: {rejection.reason}")
+    if len(rejected) > LOGGED_REJECTIONS:
+        ctx.log(f"… and {len(rejected) - LOGGED_REJECTIONS} more rejected objects")
 
 
 #: Rejected objects named one by one in a run's log (the rest are counted).
