@@ -6,7 +6,7 @@ measured in the same run: the same flow over ONE product that sleeps 0 s, i.e. t
 overhead of a run with one job (discovery, the job's steps and task runs, the summary), best
 of two after a first run that is not measured.
 Target: wall time <= 1.2 x S + that overhead, i.e. the N jobs' processing overlapped. Before
-issue 13's processing loop a pool of ``concurrency`` threads ran about one job at a time
+the current processing loop a pool of ``concurrency`` threads ran about one job at a time
 (wall time about N x S).
 
 Every flow runs in a fresh process (``python -m bench.concurrency_child``) on its own scratch

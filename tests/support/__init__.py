@@ -1,1 +1,1 @@
-"""Helpers shared by tests: partner job types written outside the repository."""
+"""Shared test support: partner job types written outside the repository."""
