@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import insert, lifecycle, pipeline, query, streams
+from bench import concurrency, insert, lifecycle, pipeline, query, streams
 from bench.report import LATEST, Measurement, markdown_table, text_table, write_json
 from bench.scratch import admin_url, machine_facts, scratch_database
 from jobline.exceptions import ConfigurationError
 from jobline.settings import Settings
 
-BENCHMARKS = ("insert", "lifecycle", "query", "pipeline", "streams")
+BENCHMARKS = ("insert", "lifecycle", "query", "pipeline", "concurrency", "streams")
 #: Jobs a lifecycle worker claims at a time (and moves through each status in one statement).
 BATCH = 100
 
@@ -39,6 +39,7 @@ def sizes(quick: bool) -> dict[str, object]:
                 jobs=20, memory_small=40, memory_large=160, concurrency=4, repeats=1
             ),
             "streams": streams.StreamSizes(sse=100, waits=100, posts=60),
+            "concurrency": concurrency.ConcurrencySizes(sleep_seconds=3.0, jobs=(4,)),
         }
     return {
         "insert": insert.InsertSizes(jobs=100_000, naive_jobs=5_000, repeats=3),
@@ -50,6 +51,7 @@ def sizes(quick: bool) -> dict[str, object]:
             jobs=200, memory_small=500, memory_large=2_000, concurrency=4, repeats=2
         ),
         "streams": streams.StreamSizes(sse=100, waits=100, posts=300),
+        "concurrency": concurrency.ConcurrencySizes(sleep_seconds=20.0),
     }
 
 
@@ -66,6 +68,7 @@ def run(server_url: str, chosen: list[str], quick: bool) -> list[Measurement]:
         "query": lambda url: query.run(url, size["query"], log),  # type: ignore[arg-type]
         "pipeline": lambda url: pipeline.run(url, server_url, size["pipeline"], log),  # type: ignore[arg-type]
         "streams": lambda url: streams.run(url, size["streams"], log),  # type: ignore[arg-type]
+        "concurrency": lambda url: concurrency.run(url, server_url, size["concurrency"], log),  # type: ignore[arg-type]
     }  # fmt: skip
     measurements: list[Measurement] = []
     for name in chosen:

@@ -4,23 +4,23 @@
 
 ``jobline`` runs ``run-pipeline`` on the job type :mod:`bench.types` (the store, the data dir and
 the Prefect server come from the environment the parent sets); ``baseline`` runs a flow of the
-same shape (the same Prefect tasks per job, task runner and concurrency) whose tasks do nothing
+same shape (the same Prefect tasks per job, thread pool and concurrency) whose tasks do nothing
 and touch no database. Reported: wall time of the flow call, the jobs it processed, the process's
 peak resident memory.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, tags, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from bench.types import IMPORT_PATH
 from tasks.results import ClaimedJob, ConfigureSummary, Discovery, InsertSummary, StepOutcome
@@ -47,22 +47,22 @@ def claim_jobs(job_type: str, first: int, limit: int) -> list[ClaimedJob]:
     return [ClaimedJob(job_id=first + n, lease_token="") for n in range(limit)]
 
 
-@task(name="pre-process", cache_policy=NO_CACHE)
+@task(name="pre-process", task_run_name="pre-process {claimed.label}", cache_policy=NO_CACHE)
 def pre_process(job_type: str, claimed: ClaimedJob) -> StepOutcome:
     return StepOutcome(job_id=claimed.job_id, lease_token=claimed.lease_token)
 
 
-@task(name="run-container", cache_policy=NO_CACHE)
+@task(name="run-container", task_run_name="run-container {outcome.label}", cache_policy=NO_CACHE)
 def run_container(job_type: str, outcome: StepOutcome, runner: str | None = None) -> StepOutcome:
     return outcome
 
 
-@task(name="post-process", cache_policy=NO_CACHE)
+@task(name="post-process", task_run_name="post-process {outcome.label}", cache_policy=NO_CACHE)
 def post_process(job_type: str, outcome: StepOutcome) -> StepOutcome:
     return outcome
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@task(name="publish", task_run_name="publish {outcome.label}", cache_policy=NO_CACHE)
 def publish(job_type: str, outcome: StepOutcome) -> StepOutcome:
     return outcome
 
@@ -74,24 +74,40 @@ def summarize(job_type: str) -> dict[str, int]:
 
 @flow(name="baseline-pipeline")
 def baseline_pipeline(job_type: str, max_jobs: int, concurrency: int) -> int:
-    """run-pipeline's shape: discover, insert, configure, then claimed batches of four chained
-    tasks per job on a thread pool of ``concurrency``, a configure per batch, a summary."""
+    """run-pipeline's shape (:func:`flows.common.process_ready_jobs`): discover, insert,
+    configure, a count, then jobs claimed ahead (at least 16, more whenever no more than
+    ``concurrency`` are left, with a configure before each claim), each job's four tasks one
+    after the other in a pool thread of ``concurrency``, under the job's tags; a summary."""
     inserted = insert_jobs(job_type, discover_inputs(job_type))
     configure_batch(job_type, inserted.inserted)
-    processed = 0
-    with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
-        while processed < max_jobs:
-            limit = min(max(concurrency * 4, 16), max_jobs - processed)
-            futures = []
-            for claimed in claim_jobs(job_type, processed, limit):
-                staged = runner.submit(pre_process, {"job_type": job_type, "claimed": claimed})
-                ran = runner.submit(run_container, {"job_type": job_type, "outcome": staged})
-                posted = runner.submit(post_process, {"job_type": job_type, "outcome": ran})
-                futures.append(runner.submit(publish, {"job_type": job_type, "outcome": posted}))
-            processed += sum(1 for future in as_completed(futures) if future.result().ok)
-            configure_batch(job_type, [])
     summarize(job_type)
+    ahead, started, processed = max(2 * concurrency, 16), 0, 0
+    in_flight: set[Future[StepOutcome]] = set()
+    with ThreadPoolExecutor(concurrency) as pool:
+        while started < max_jobs or in_flight:
+            if len(in_flight) <= concurrency and started < max_jobs:
+                if started:
+                    configure_batch(job_type, [])
+                claimed = claim_jobs(
+                    job_type, started, min(ahead - len(in_flight), max_jobs - started)
+                )
+                for job in claimed:
+                    context = contextvars.copy_context()
+                    in_flight.add(pool.submit(context.run, run_job, job_type, job))
+                started += len(claimed)
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            processed += sum(1 for future in done if future.result().ok)
+    summarize(job_type)  # the run's jobs by status
+    summarize(job_type)  # the job type's jobs by status
     return processed
+
+
+def run_job(job_type: str, claimed: ClaimedJob) -> StepOutcome:
+    with tags("job_type:bench_noop"):
+        staged = pre_process(job_type, claimed)
+        ran = run_container(job_type, staged)
+        posted = post_process(job_type, ran)
+        return publish(job_type, posted)
 
 
 def peak_rss_mb() -> float:

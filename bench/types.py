@@ -27,3 +27,29 @@ def write_products(input_root: Path, count: int) -> None:
         product = folder / f"P{index:06d}"
         product.mkdir(parents=True, exist_ok=True)
         (product / "data.bin").write_bytes(b"x" * 64)
+
+
+SLEEPER_PATH = "bench.types:Sleeper"
+SLEEPER_IMAGE = "jobline-bench/sleep:1"
+
+
+class Sleeper(JobType):
+    """The concurrency benchmark's job type: product ``sleep-<seconds>-<n>`` sleeps that long,
+    in a busybox container (docker runner) or a host shell (local runner); no output."""
+
+    name = "bench_sleeper"
+    queue = "bench_sleeper"
+    image = SLEEPER_IMAGE
+    command = ["/bin/sh", "-c", 'p="${JOBLINE_PRODUCT_ID#sleep-}"; sleep "${p%-*}"']
+    worker_flavor = "extra_small"
+    max_attempts = 1
+    timeout = 600.0
+
+
+def write_sleepers(input_root: Path, count: int, seconds: float) -> None:
+    """``count`` products that sleep ``seconds`` each, under the sleeper's input folder."""
+    folder = input_root / Sleeper.name
+    for index in range(count):
+        product = folder / f"sleep-{seconds:g}-{index:03d}"
+        product.mkdir(parents=True, exist_ok=True)
+        (product / "data.bin").write_bytes(b"x")

@@ -1,30 +1,61 @@
-"""``jobline demo`` (the main job) and ``jobline run``: a pipeline run from the terminal."""
+"""``jobline demo`` (the main job) and ``jobline run``: a pipeline run from the terminal.
+
+Both create or migrate the job store's schema first, print the run's summary and a table of its
+jobs (``--json``: the summary and the run's jobs as JSON on stdout, everything else on stderr),
+and exit with a code scripts can trust:
+
+* 0: every job of the run ended done (or there was nothing to do);
+* 1: at least one job of the run ended failed (``internal_error``) or ``cancelled``;
+* 2: usage error (a bad option, an unknown job type);
+* 3: no job failed, but some were not finished when the run ended (a retry not yet due, a
+  publication the broker did not take): like ``jobline jobs wait`` timing out.
+
+Jobs the discovery inserted as ``cancelled`` (inputs older than ``max_input_age``) were never
+processed and do not count: they are the job type's policy, not a failure.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
+from pydantic import TypeAdapter
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.schemas import JobOut
 from db.migrate import upgrade
 from db.records import JobFilter
 from db.statuses import TERMINAL, Status
 from db.store import JobStore
-from jobline.exceptions import JoblineError
+from jobline.exceptions import JoblineError, PublicationError
 from jobline.settings import Settings, get_settings
 from jobtypes.base import load_job_type
 
+if TYPE_CHECKING:
+    from flows.common import PipelineSummary
+
 console = Console()
+errors = Console(stderr=True)
+#: A job of the run failed or was cancelled; a job of the run was not finished when it ended.
+EXIT_FAILED, EXIT_UNFINISHED = 1, 3
 RunnerOption = Annotated[
     str | None,
     typer.Option(help="auto (docker if an engine answers, else local), local or docker."),
+]
+ConcurrencyOption = Annotated[
+    int, typer.Option(min=1, max=64, help="Jobs processed at the same time.")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the summary and the run's jobs as JSON on stdout.")
 ]
 
 
@@ -41,24 +72,27 @@ def use_embedded_prefect_defaults() -> bool:
 def demo(
     products: Annotated[int, typer.Option(min=1, max=500, help="Sample products to make.")] = 8,
     runner: RunnerOption = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    concurrency: ConcurrencyOption = 4,
+    as_json: JsonOption = False,
 ) -> None:
     """The main job: make sample Sentinel-2-style products and run the snow cover pipeline."""
     from jobtypes.demo import SnowCover, write_sample_products
 
+    out = _output(as_json)
     settings = get_settings()
     upgrade(settings)
     job_type = SnowCover(settings)
     input_dir = Path(job_type.input_url.removeprefix("file://"))
     write_sample_products(input_dir, count=products)
-    console.print(f"input products: {products} in {input_dir}")
-    chosen = _announce_runner(job_type, settings, runner)
+    out.print(f"input products: {products} in {input_dir}")
+    chosen = _announce_runner(job_type, settings, runner, out)
     if chosen == "docker":
-        chosen = _demo_image_or_local(asked=bool(runner or settings.runner != "auto"))
-    _run(SnowCover.import_path(), settings, None, None, 10_000, concurrency, chosen)
+        chosen = _demo_image_or_local(asked=bool(runner or settings.runner != "auto"), out=out)
+    run = PipelineRun(SnowCover.import_path(), None, None, 10_000, concurrency, chosen)
+    _run(run, settings, as_json)
 
 
-def _demo_image_or_local(asked: bool) -> str:
+def _demo_image_or_local(asked: bool, out: Console) -> str:
     """Build the demo image locally (no registry is needed); when that is impossible and docker
     was only chosen automatically, fall back to the local runner and say why."""
     from tasks.runners.images import ensure_demo_image
@@ -68,7 +102,7 @@ def _demo_image_or_local(asked: bool) -> str:
     except JoblineError as error:
         if asked:
             raise
-        console.print(f"[yellow]cannot build the demo image ({error}); using the local runner[/]")
+        out.print(f"[yellow]cannot build the demo image ({error}); using the local runner[/]")
         return "local"
     return "docker"
 
@@ -83,16 +117,25 @@ def run(
     ],
     since: Annotated[datetime | None, typer.Option(help="Search from (UTC).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Search until (UTC).")] = None,
-    max_jobs: Annotated[int, typer.Option(min=1)] = 1000,
-    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    max_jobs: Annotated[int, typer.Option(min=1, help="Most job attempts to start.")] = 1000,
+    concurrency: ConcurrencyOption = 4,
     runner: RunnerOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Run the pipeline for any job type: discover, insert, configure, process, summarize."""
+    """Run the pipeline for any job type: discover, insert, configure, process, summarize.
+
+    Creates or migrates the job store's schema first.
+
+    Exit codes: 0 every job of the run done, or nothing to do; 1 a job failed or was cancelled;
+
+    2 usage error; 3 a job not finished yet (a retry or a publication pending)."""
+    out = _output(as_json)
     settings = get_settings()
     kind = load_job_type(job_type, settings)  # registered job types only, before any work
     upgrade(settings)
-    chosen = _announce_runner(kind, settings, runner)
-    _run(kind.import_path(), settings, _utc(since), _utc(until), max_jobs, concurrency, chosen)
+    chosen = _announce_runner(kind, settings, runner, out)
+    run = PipelineRun(kind.import_path(), _utc(since), _utc(until), max_jobs, concurrency, chosen)
+    _run(run, settings, as_json)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -101,61 +144,119 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _announce_runner(job_type: object, settings: Settings, runner: str | None) -> str:
+def _output(as_json: bool) -> Console:
+    """Where messages for people go: stdout, or stderr when stdout carries JSON."""
+    return errors if as_json else console
+
+
+def _announce_runner(job_type: object, settings: Settings, runner: str | None, out: Console) -> str:
     from tasks.runners.select import resolve_runner_name
 
     chosen = resolve_runner_name(job_type, settings, runner)  # type: ignore[arg-type]
     why = "as asked" if runner or settings.runner != "auto" else "auto"
-    console.print(f"runner: [bold]{chosen}[/] ({why})")
+    out.print(f"runner: [bold]{chosen}[/] ({why})")
     return chosen
 
 
-def _run(
-    job_type: str,
-    settings: Settings,
-    since: datetime | None,
-    until: datetime | None,
-    max_jobs: int,
-    concurrency: int,
-    runner: str,
-) -> None:
+@dataclass(frozen=True)
+class PipelineRun:
+    """The parameters of one ``run-pipeline`` call from the terminal."""
+
+    job_type: str
+    since: datetime | None
+    until: datetime | None
+    max_jobs: int
+    concurrency: int
+    runner: str
+
+
+def _run(run: PipelineRun, settings: Settings, as_json: bool) -> None:
+    out = _output(as_json)
     if use_embedded_prefect_defaults():
-        console.print(
+        out.print(
             "Prefect: no PREFECT_API_URL, starting Prefect's embedded server "
             "(its first start can take a minute)…"
         )
     from flows.pipeline import run_pipeline
 
+    _declare_exchange(settings, out)
     store = JobStore.from_settings(settings)
-    started = store.clock()
-    with _ProgressWatcher(store, job_type, started):
+    with _ProgressWatcher(store, run.job_type, out):
         summary = run_pipeline(
-            job_type=job_type,
-            since=since,
-            until=until,
-            max_jobs=max_jobs,
-            concurrency=concurrency,
-            runner=runner,  # type: ignore[arg-type]
+            job_type=run.job_type,
+            since=run.since,
+            until=run.until,
+            max_jobs=run.max_jobs,
+            concurrency=run.concurrency,
+            runner=run.runner,  # type: ignore[arg-type]
         )
-    console.print(
-        f"discovered {summary.discovered}, inserted {summary.inserted}, "
-        f"skipped {summary.skipped} known, processed {summary.processed}"
+    if as_json:
+        jobs = [JobOut.from_job(job) for job in store.get_jobs(summary.job_ids)]
+        document = {"summary": summary.model_dump(mode="json"), "jobs": jobs}
+        typer.echo(json.dumps(TypeAdapter(dict[str, Any]).dump_python(document, mode="json")))
+    else:
+        for line in summary_lines(summary):
+            out.print(line)
+        out.print(jobs_table(store, run.job_type))
+    raise typer.Exit(exit_code(summary))
+
+
+def _declare_exchange(settings: Settings, out: Console) -> None:
+    """With the AMQP sink, declare the exchange before the first job publishes (consumers can
+    bind to it from then on); an unreachable broker only delays publication."""
+    from tasks.publication import declare_exchange
+
+    if urlsplit(settings.resolved_publication_sink).scheme not in ("amqp", "amqps"):
+        return
+    try:
+        where = declare_exchange(settings)
+    except PublicationError as error:
+        out.print(f"[yellow]{error}: publication messages stay pending until it answers[/]")
+        return
+    out.print(f"publication exchange {settings.amqp_exchange!r} declared on {where}")
+
+
+def exit_code(summary: PipelineSummary) -> int:
+    """0 all the run's jobs done (or none), 1 one failed or was cancelled, 3 one unfinished."""
+    if summary.failed:
+        return EXIT_FAILED
+    if summary.unfinished:
+        return EXIT_UNFINISHED
+    return 0
+
+
+def summary_lines(summary: PipelineSummary) -> list[str]:
+    """The run's summary for people: what discovery found, and the run's jobs and attempts."""
+    lines = [
+        f"discovered {summary.discovered} products, inserted {summary.inserted} jobs, "
+        f"skipped {summary.skipped} known products"
+    ]
+    if summary.rejected:
+        names = ", ".join(Path(r.path).name for r in summary.rejected_objects[:3])
+        more = f" and {summary.rejected - 3} more" if summary.rejected > 3 else ""
+        lines.append(
+            f"[yellow]rejected {summary.rejected} listed objects[/] ({names}{more}; "
+            "see the run's log or its rejected-inputs artifact)"
+        )
+    lines.append(
+        f"processed {summary.jobs} jobs in {summary.attempts} attempts: {summary.succeeded} done, "
+        f"{summary.failed} failed or cancelled, {summary.unfinished} unfinished"
     )
-    console.print(jobs_table(store, job_type))
+    return lines
 
 
 class _ProgressWatcher:
     """A rich progress bar fed by the store while the flow runs in this thread."""
 
-    def __init__(self, store: JobStore, job_type: str, since: datetime) -> None:
-        self.store, self.job_type, self.since = store, job_type, since
+    def __init__(self, store: JobStore, job_type: str, out: Console) -> None:
+        self.store, self.job_type = store, job_type
         self.stop = threading.Event()
         self.progress = Progress(
             TextColumn("jobs finished"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=console,
+            console=out,
             transient=True,
         )
 
@@ -180,10 +281,15 @@ class _ProgressWatcher:
 
 
 def jobs_table(store: JobStore, job_type: str, limit: int = 50) -> Table:
-    """The job type's newest jobs: status, attempts, duration and outputs."""
+    """The job type's newest jobs: status, attempts, duration and outputs.
+
+    Made to fit a terminal of 80 columns: ids, statuses and counts never wrap, and product ids
+    and outputs wrap (folded inside long words) instead of being cut, so two products that
+    differ only at their end never look alike."""
     table = Table(title=f"jobs of {job_type}")
-    for column in ("id", "product", "tile", "status", "attempts", "duration", "outputs"):
-        table.add_column(column)
+    for header in ("id", "product", "tile", "status", "attempts", "duration", "outputs"):
+        fold = header in ("product", "outputs", "tile")
+        table.add_column(header, no_wrap=not fold, overflow="fold", min_width=6 if fold else None)
     page = store.list_jobs(JobFilter(job_type=job_type), limit=10_000)
     for job in page.jobs[-limit:]:
         duration = (

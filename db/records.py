@@ -20,20 +20,26 @@ def content_key(*parts: str) -> bytes:
     return digest.digest()
 
 
-def product_key(job_type: str, product_id: str) -> bytes:
-    """Key of a discovered product's job: its job type and product id."""
-    return content_key("product", job_type, product_id)
+def product_key(job_type_name: str, product_id: str) -> bytes:
+    """Key of a product's job: the job type's stable ``name`` (not its import path, so a class
+    can move to another module without its products looking new) and the product id."""
+    return content_key("product", job_type_name, product_id)
 
 
-def config_key(job_type: str, config: dict[str, Any]) -> bytes:
-    """Key of a job submitted with a configuration: the canonical JSON of that configuration."""
+def config_key(job_type_name: str, config: dict[str, Any]) -> bytes:
+    """Key of a job submitted with a configuration only: the job type's ``name`` and the
+    canonical JSON of that configuration."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return content_key("config", job_type, canonical)
+    return content_key("config", job_type_name, canonical)
 
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A job to insert. ``status`` is ``initialized`` or ``cancelled`` (e.g. a too-old product)."""
+    """A job to insert. ``status`` is ``initialized`` or ``cancelled`` (e.g. a too-old product).
+
+    ``job_key`` None means :func:`product_key` of (``job_type``, ``product_id``), for callers of
+    the store that name their job types by a plain word; the pipeline and the API pass the key
+    made from the job type's ``name``, as ``job_type`` holds its import path."""
 
     job_type: str
     product_id: str

@@ -54,6 +54,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import instance_state
 
+from db import rekey
 from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
 from db.models import Job, JobCount, JobMetadata, JobStatusChange, Meta, UtcDateTime
@@ -679,6 +680,21 @@ class JobStore:
         with self.session() as session:
             return list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
 
+    def count_statuses(self, job_ids: Iterable[int]) -> dict[str, int]:
+        """How many of the given jobs are in each status."""
+        ids = list(dict.fromkeys(job_ids))
+        counts: dict[str, int] = {}
+        with self.session() as session:
+            for start in range(0, len(ids), INSERT_CHUNK):
+                rows = session.execute(
+                    select(Job.status, func.count())
+                    .where(Job.id.in_(ids[start : start + INSERT_CHUNK]))
+                    .group_by(Job.status)
+                )
+                for status, count in rows:
+                    counts[status] = counts.get(status, 0) + count
+        return counts
+
     def list_jobs(
         self, filters: JobFilter | None = None, *, after: int | None = None, limit: int = 100
     ) -> Page:
@@ -987,6 +1003,28 @@ class JobStore:
             )
             revived.update((bytes(key), job_id) for job_id, key in result)
         return revived
+
+    # ------------------------------------------------------------------------- job keys
+
+    def finish_pending_rekey(self, import_path: str, name: str) -> rekey.RekeyReport | None:
+        """Rewrite the keys of a job type migration 0006 could not load, if it is pending
+        (one primary-key look-up otherwise); call before looking up or inserting its keys."""
+        with self.session() as session:
+            return rekey.finish_pending_rekey(session.connection(), import_path, name)
+
+    def rekey_job_type(self, import_path: str, name: str) -> rekey.RekeyReport:
+        """Rewrite the keys of the jobs of ``import_path`` from ``name`` (see :mod:`db.rekey`)."""
+        with self.session() as session:
+            report = rekey.rekey_job_type(session.connection(), import_path, name)
+            session.execute(
+                delete(Meta).where(Meta.key == (rekey.PENDING_PREFIX + import_path)[:200])
+            )
+        return report
+
+    def pending_rekeys(self) -> dict[str, str]:
+        """Job types whose jobs still have keys made from their import path, and why."""
+        with self.session() as session:
+            return rekey.pending_rekeys(session.connection())
 
     # --------------------------------------------------------------------- bookkeeping
 
@@ -1407,6 +1445,9 @@ RECONNECTING_METHODS = (
     "last_change_id",
     "get_meta",
     "set_meta",
+    "count_statuses",
+    "finish_pending_rekey",
+    "pending_rekeys",
 )
 for _name in RECONNECTING_METHODS:
     setattr(JobStore, _name, _reconnecting(getattr(JobStore, _name)))

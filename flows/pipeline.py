@@ -24,5 +24,5 @@ def run_pipeline(
     """Find the job type's new input products and take each through its lifecycle."""
     summary = PipelineSummary(job_type=job_type)
     discover_and_configure(job_type, since, until, summary)
-    process_ready_jobs(job_type, max_jobs, concurrency, runner, summary)
+    process_ready_jobs(job_type, max_jobs, concurrency, runner, summary, configured=True)
     return report(job_type, summary)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.common import PipelineSummary, process_ready_jobs, report
+from flows.common import PipelineSummary, process_ready_jobs, report, run_job
 from flows.pipeline import DEMO_JOB_TYPE
 from tasks import lifecycle
 from tasks.results import StepOutcome
@@ -36,7 +36,4 @@ def process_job(
     if job_type is None:
         return None
     kind, claimed = job_type
-    staged = lifecycle.pre_process(kind, claimed)
-    ran = lifecycle.run_container(kind, staged, runner)
-    posted = lifecycle.post_process(kind, ran)
-    return lifecycle.publish(kind, posted)
+    return run_job(kind, claimed, runner)

@@ -95,15 +95,13 @@ def wait_for_retry(job_type: str, limit_seconds: float) -> bool:
     return steps.wait_for_retry(step_context(), job_type_for(job_type), limit_seconds)
 
 
-@task(name="pre-process", task_run_name="pre-process job {claimed.job_id}", cache_policy=NO_CACHE)
+@task(name="pre-process", task_run_name="pre-process {claimed.label}", cache_policy=NO_CACHE)
 def pre_process(job_type: str, claimed: ClaimedJob) -> StepOutcome:
     """Stage the job's inputs into its work dir."""
     return steps.pre_process(step_context(), job_type_for(job_type), claimed)
 
 
-@task(
-    name="run-container", task_run_name="run-container job {outcome.job_id}", cache_policy=NO_CACHE
-)
+@task(name="run-container", task_run_name="run-container {outcome.label}", cache_policy=NO_CACHE)
 def run_container(job_type: str, outcome: StepOutcome, runner: str | None = None) -> StepOutcome:
     """Run the scientific processing of the job."""
     ctx = step_context()
@@ -111,13 +109,13 @@ def run_container(job_type: str, outcome: StepOutcome, runner: str | None = None
     return steps.run_container(ctx, kind, outcome, runner_for(kind, ctx.settings, runner))
 
 
-@task(name="post-process", task_run_name="post-process job {outcome.job_id}", cache_policy=NO_CACHE)
+@task(name="post-process", task_run_name="post-process {outcome.label}", cache_policy=NO_CACHE)
 def post_process(job_type: str, outcome: StepOutcome) -> StepOutcome:
     """Read the result, upload the outputs, record them."""
     return steps.post_process(step_context(), job_type_for(job_type), outcome)
 
 
-@task(name="publish", task_run_name="publish job {outcome.job_id}", cache_policy=NO_CACHE)
+@task(name="publish", task_run_name="publish {outcome.label}", cache_policy=NO_CACHE)
 def publish(job_type: str, outcome: StepOutcome) -> StepOutcome:
     """Announce each output product, then finish the job."""
     return steps.publish(step_context(), job_type_for(job_type), outcome)
@@ -140,6 +138,19 @@ def summarize(job_type: str) -> dict[str, int]:
         for status in Status
         if counts.get((stored_as, status.value), 0)
     }
+
+
+@task(name="summarize-run", cache_policy=NO_CACHE)
+def summarize_run(job_ids: list[int]) -> dict[str, int]:
+    """The given jobs (those a run processed) by status."""
+    return store_for(get_settings()).count_statuses(job_ids)
+
+
+def job_tags(job_type: str, tile_id: str | None) -> tuple[str, ...]:
+    """Tags of a job's task runs, for filtering in the Prefect UI: ``job_type:<name>`` and
+    ``tile:<tile>``."""
+    name = job_type_for(job_type).name
+    return (f"job_type:{name}",) + ((f"tile:{tile_id}",) if tile_id else ())
 
 
 @task(name="maintenance", cache_policy=NO_CACHE)

@@ -18,6 +18,8 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds to connect to, and wait on, a broker: a broker that is down must fail fast.
 AMQP_TIMEOUT = 3.0
+#: The type of jobline's exchange (declared durable): consumers bind with patterns such as
+#: ``product.*`` or ``#``.
+EXCHANGE_TYPE = "topic"
 
 
 class Sink(ABC):
@@ -166,23 +171,96 @@ class AmqpSink(Sink):
         self._connection = pika.BlockingConnection(self._parameters())
         channel = self._connection.channel()
         if self.exchange:
-            channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+            declare_exchange_on(channel, self.exchange)
         channel.confirm_delivery()
         self._channel = channel
         return channel
 
     def _parameters(self) -> pika.URLParameters:
-        parameters = pika.URLParameters(self.url)
-        given = parse_qs(urlsplit(self.url).query)
-        if "socket_timeout" not in given:
-            parameters.socket_timeout = AMQP_TIMEOUT
-        if "stack_timeout" not in given:
-            parameters.stack_timeout = 2 * AMQP_TIMEOUT
-        if "connection_attempts" not in given:
-            parameters.connection_attempts = 1
-        if "blocked_connection_timeout" not in given:
-            parameters.blocked_connection_timeout = 10 * AMQP_TIMEOUT
-        return parameters
+        return amqp_parameters(self.url)
+
+
+def amqp_parameters(url: str) -> pika.URLParameters:
+    """Connection parameters of an ``amqp://`` URL, with short timeouts unless it sets its own."""
+    parameters = pika.URLParameters(url)
+    given = parse_qs(urlsplit(url).query)
+    if "socket_timeout" not in given:
+        parameters.socket_timeout = AMQP_TIMEOUT
+    if "stack_timeout" not in given:
+        parameters.stack_timeout = 2 * AMQP_TIMEOUT
+    if "connection_attempts" not in given:
+        parameters.connection_attempts = 1
+    if "blocked_connection_timeout" not in given:
+        parameters.blocked_connection_timeout = 10 * AMQP_TIMEOUT
+    return parameters
+
+
+def declare_exchange_on(channel: Any, exchange: str) -> None:
+    """Declare jobline's exchange: durable, of type :data:`EXCHANGE_TYPE` (idempotent)."""
+    channel.exchange_declare(exchange, exchange_type=EXCHANGE_TYPE, durable=True)
+
+
+@dataclass
+class Binding:
+    """What :func:`bind_queue` set up on the broker."""
+
+    broker: str
+    exchange: str
+    queue: str
+    binding_key: str
+    messages_waiting: int
+
+
+def declare_exchange(settings: Settings) -> str:
+    """Declare the publication exchange on the broker of ``JOBLINE_PUBLICATION_SINK`` (so
+    consumers can bind to it before jobline first publishes); returns where, for messages."""
+    with _broker_channel(settings) as (where, channel):
+        declare_exchange_on(channel, settings.amqp_exchange)
+    return where
+
+
+def bind_queue(
+    settings: Settings, queue: str, binding_key: str | None = None, *, durable: bool = True
+) -> Binding:
+    """Declare the exchange and the queue ``queue`` (durable unless told), and bind the queue
+    with ``binding_key`` (default: the routing key jobline publishes with). What a consumer runs
+    once before the first run; running it again changes nothing."""
+    key = binding_key if binding_key is not None else settings.amqp_routing_key
+    with _broker_channel(settings) as (where, channel):
+        declare_exchange_on(channel, settings.amqp_exchange)
+        declared = channel.queue_declare(queue, durable=durable)
+        channel.queue_bind(queue, settings.amqp_exchange, routing_key=key)
+    return Binding(where, settings.amqp_exchange, queue, key, declared.method.message_count)
+
+
+@contextmanager
+def _broker_channel(settings: Settings) -> Iterator[tuple[str, Any]]:
+    url = settings.resolved_publication_sink
+    if urlsplit(url).scheme not in ("amqp", "amqps"):
+        raise ConfigurationError(
+            f"publication_sink {_without_password(url)!r} is not an amqp:// URL: "
+            "set JOBLINE_PUBLICATION_SINK=amqp://user:pass@host:5672/%2F"
+        )
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or 5672}"
+    try:
+        connection = pika.BlockingConnection(amqp_parameters(url))
+    except (pika.exceptions.AMQPError, OSError) as error:
+        raise SinkUnavailable(f"cannot connect to the broker at {where}: {error!r}") from error
+    try:
+        yield where, connection.channel()
+    except pika.exceptions.ChannelClosedByBroker as error:
+        raise PublicationError(f"the broker at {where} refused: {error.reply_text}") from None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def sink_for(url: str, settings: Settings) -> Sink:

@@ -23,17 +23,18 @@ from sqlalchemy.exc import DBAPIError
 
 from db import outbox
 from db.models import Job
-from db.records import JobFilter, NewJob, RunIds
+from db.records import JobFilter, NewJob, RunIds, product_key
 from db.statuses import Status
 from db.store import JobStore, connection_lost
 from jobline.exceptions import LeaseLost, ProcessingError, TransitionError
 from jobline.settings import Settings
-from jobtypes.base import InputFile, JobType, OutputFile, load_job_type
+from jobtypes.base import InputFile, JobType, OutputFile, Product, load_job_type
 from jobtypes.locations import product_folder
 from tasks import storage
 from tasks.heartbeat import keeper_for
 from tasks.publication import DeliveryReport, deliver_pending, sink_for
 from tasks.results import (
+    REJECTIONS_PER_JOB,
     ClaimedJob,
     ConfigureSummary,
     Discovery,
@@ -74,19 +75,60 @@ def discover_inputs(
     ctx: StepContext, job_type: JobType, since: datetime | None, until: datetime | None
 ) -> Discovery:
     """Products published in the window: explicit ``since``/``until``, else from the job
-    type's watermark (minus an overlap) up to now, or a default look-back the first time."""
+    type's watermark (minus an overlap) up to now, or a default look-back the first time.
+    Objects that do not make a valid product are rejected, named in the log, and skipped."""
     start, end = storage.watermark_window(ctx.store, job_type.name, ctx.now(), since, until)
     products = job_type.discover(start, end)
     if products is None:
-        products = storage.list_products(job_type, start, end)
-    ctx.log(f"discovered {len(products)} {job_type.name} products in [{start}, {end})")
-    return Discovery(job_type=job_type.import_path(), since=start, until=end, products=products)
+        listing = storage.scan_products(job_type, start, end)
+    else:
+        listing = _checked(products)
+    _log_rejections(ctx, listing.rejected)
+    ctx.log(
+        f"discovered {len(listing.products)} {job_type.name} products in [{start}, {end})"
+        + (f", rejected {len(listing.rejected)} objects" if listing.rejected else "")
+    )
+    return Discovery(
+        job_type=job_type.import_path(),
+        since=start,
+        until=end,
+        products=listing.products,
+        rejected=listing.rejected,
+    )
+
+
+def _checked(products: list[Product]) -> storage.Listing:
+    """The products a job type's own ``discover`` returned, the unsafe ones rejected."""
+    listing = storage.Listing()
+    for product in products:
+        problem = storage.product_problem(product)
+        if problem is None:
+            listing.products.append(product)
+            continue
+        path = str(getattr(product, "path", repr(product)))
+        rejection = storage.Rejection(path=path, kind="invalid_product", reason=problem)
+        listing.rejected.append(rejection)
+    return listing
+
+
+def _log_rejections(ctx: StepContext, rejected: list[storage.Rejection]) -> None:
+    for rejection in rejected[:LOGGED_REJECTIONS]:
+        ctx.log(f"rejected {rejection.path}: {rejection.reason}")
+    if len(rejected) > LOGGED_REJECTIONS:
+        ctx.log(f"… and {len(rejected) - LOGGED_REJECTIONS} more rejected objects")
+
+
+#: Rejected objects named one by one in a run's log (the rest are counted).
+LOGGED_REJECTIONS = 50
 
 
 def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> InsertSummary:
     """One job per discovered product (``initialized``, or ``cancelled`` as ``pre_insert``
     decides); products that already have a job are skipped."""
     now = ctx.now()
+    rekeyed = ctx.store.finish_pending_rekey(job_type.import_path(), job_type.name)
+    if rekeyed is not None:
+        ctx.log(f"job keys made from the job type's name: {rekeyed.describe()}")
     new_jobs: list[NewJob] = []
     dropped = 0
     for product in discovery.products:
@@ -107,6 +149,7 @@ def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> In
                 max_attempts=job_type.max_attempts,
                 status=S.CANCELLED if cancelled else S.INITIALIZED,
                 message=decision.reason or None,
+                job_key=product_key(job_type.name, product.product_id),
             )
         )
     result = ctx.store.insert_jobs(new_jobs, run=ctx.run)
@@ -123,6 +166,9 @@ def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> In
                     until=discovery.until,
                     products_found=len(discovery.products),
                     product=products[by_key[key].product_id],
+                    rejected_count=len(discovery.rejected),
+                    rejected_by_kind=discovery.rejected_by_kind(),
+                    rejected=discovery.rejected[:REJECTIONS_PER_JOB],
                 ),
             )
             for key, job_id in result.inserted.items()
@@ -197,9 +243,18 @@ def claim_jobs(ctx: StepContext, job_type: JobType, limit: int) -> list[ClaimedJ
         job_type=job_type.import_path(),
         run=ctx.run,
     )
-    claimed = [ClaimedJob(job_id=job.id, lease_token=job.lease_token or "") for job in jobs]
+    claimed = [_claimed(job) for job in jobs]
     _hold_queued(ctx, claimed)
     return claimed
+
+
+def _claimed(job: Job) -> ClaimedJob:
+    return ClaimedJob(
+        job_id=job.id,
+        lease_token=job.lease_token or "",
+        product_id=job.product_id,
+        tile_id=job.tile_id,
+    )
 
 
 def _hold_queued(ctx: StepContext, claimed: list[ClaimedJob]) -> None:
@@ -230,7 +285,7 @@ def claim_one(ctx: StepContext, job_id: int) -> tuple[str, ClaimedJob] | None:
         current = ctx.store.get_job(job_id, touch=False)
         ctx.log(f"job {job_id} is {current.status}, not ready: nothing to process")
         return None
-    claimed = ClaimedJob(job_id=job.id, lease_token=jobs[0].lease_token or "")
+    claimed = _claimed(jobs[0])
     _hold_queued(ctx, [claimed])
     return job.job_type, claimed
 
@@ -267,7 +322,9 @@ def pre_process(ctx: StepContext, job_type: JobType, claimed: ClaimedJob) -> Ste
         run=ctx.run,
         message=f"attempt started by {worker_name()}",
     )
-    outcome = StepOutcome(job_id=job.id, lease_token=token)
+    outcome = StepOutcome(
+        job_id=job.id, lease_token=token, product_id=job.product_id, tile_id=job.tile_id
+    )
     keeper_for(store, ctx.settings).hold(job.id, token)  # until processed or failed
     try:
         store.transition(

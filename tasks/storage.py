@@ -25,7 +25,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import fsspec
@@ -96,13 +96,38 @@ def _join(root: str, relative: str) -> str:
 # ---------------------------------------------------------------------------------- listing
 
 
+class Rejection(BaseModel):
+    """A listed object that did not become a product, and why; discovery goes on without it."""
+
+    path: str
+    kind: Literal["ignored", "parser_error", "invalid_product"] = Field(
+        description="ignored: parse_product returned None; parser_error: it raised; "
+        "invalid_product: its product or tile id is unsafe in paths"
+    )
+    reason: str
+
+
+class Listing(BaseModel):
+    """What :func:`scan_products` found: the products, and the objects it rejected."""
+
+    products: list[Product] = Field(default_factory=list)
+    rejected: list[Rejection] = Field(default_factory=list)
+
+
 def list_products(job_type: JobType, since: datetime, until: datetime) -> list[Product]:
+    """The products of :func:`scan_products`, without the rejected objects."""
+    return scan_products(job_type, since, until).products
+
+
+def scan_products(job_type: JobType, since: datetime, until: datetime) -> Listing:
     """Products under the job type's input storage published in ``[since, until)``.
 
     One listing of the whole tree; ``product_glob`` (``/``-separated, no ``**``) is matched
     component by component against each listed path: a hit with files below it is a folder
     product (its date is its newest file's), a hit that is a file is a one-object product. Each
-    product goes through ``job_type.parse_product``; sorted by publication date, then id.
+    product goes through ``job_type.parse_product``; sorted by publication date, then id. A hit
+    the parser returns None for, raises on, or turns into an unsafe product is rejected (see
+    :class:`Rejection`): one bad object never stops the others.
     """
     for name, bound in (("since", since), ("until", until)):
         if bound.tzinfo is None:
@@ -121,13 +146,47 @@ def list_products(job_type: JobType, since: datetime, until: datetime) -> list[P
         if len(parts) < len(pattern) or not all(map(fnmatchcase, head, pattern)):
             continue
         found.setdefault("/".join(head), []).append(("/".join(parts[len(pattern) :]), info))
-    products = []
-    for head, files in found.items():
-        product = _product(job_type, url, head, files, since, until)
+    listing = Listing()
+    for head, files in sorted(found.items()):
+        try:
+            product = _product(job_type, url, head, files, since, until)
+        except _Rejected as rejected:
+            listing.rejected.append(rejected.rejection)
+            continue
         if product is not None:
-            products.append(product)
+            listing.products.append(product)
     earliest = datetime.min.replace(tzinfo=UTC)
-    return sorted(products, key=lambda p: (p.publication_date or earliest, p.product_id))
+    listing.products.sort(key=lambda p: (p.publication_date or earliest, p.product_id))
+    return listing
+
+
+#: Longest product id and tile id (the columns' sizes).
+MAX_PRODUCT_ID, MAX_TILE_ID = 300, 64
+
+
+def product_problem(product: object) -> str | None:
+    """Why a product made from a listed object cannot become a job, or None when it can.
+
+    Product and tile ids end up in work dirs, output paths and messages: they must be
+    non-empty, fit their columns, and hold no path separator, ``..`` or control character."""
+    if not isinstance(product, Product):
+        return f"parse_product returned a {type(product).__name__}, not a Product or None"
+    for field, value, longest in (
+        ("product_id", product.product_id, MAX_PRODUCT_ID),
+        ("tile_id", product.tile_id, MAX_TILE_ID),
+    ):
+        if value is None and field == "tile_id":
+            continue
+        if not value or len(value) > longest:
+            return f"{field} {value!r} must have 1 to {longest} characters"
+        if "/" in value or "\\" in value or value in (".", "..") or not value.isprintable():
+            return f"{field} {value!r} holds a path separator, '..' or a control character"
+    return None
+
+
+class _Rejected(Exception):
+    def __init__(self, rejection: Rejection) -> None:
+        self.rejection = rejection
 
 
 def _glob_parts(glob: str) -> list[str]:
@@ -166,9 +225,18 @@ def _product(
     # A product whose storage gives no date is always listed: jobs are deduplicated by key.
     if published is not None and not since <= published < until:
         return None
-    product = job_type.parse_product(_join(url.rstrip("/"), head), published)
+    path = _join(url.rstrip("/"), head)
+    try:
+        product = job_type.parse_product(path, published)
+    except Exception as error:  # noqa: BLE001 - a partner's parser failing on one object
+        reason = f"parse_product raised {type(error).__name__}: {error}"
+        raise _Rejected(Rejection(path=path, kind="parser_error", reason=reason)) from None
     if product is None:
-        return None
+        reason = "parse_product returned None (not a product name it can read)"
+        raise _Rejected(Rejection(path=path, kind="ignored", reason=reason))
+    problem = product_problem(product)
+    if problem is not None:
+        raise _Rejected(Rejection(path=path, kind="invalid_product", reason=problem))
     one_object = len(files) == 1 and files[0][0] == ""
     listed = [
         InputFile(path=PurePosixPath(head).name if one_object else path, size=info.get("size"))

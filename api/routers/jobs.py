@@ -41,7 +41,7 @@ from db.statuses import TERMINAL, WORKER_OWNED, Status, statuses_in_phase
 from db.store import JobStore, model_name
 from jobline.exceptions import JobNotFound, MetadataTooLarge
 from jobline.settings import Settings
-from jobtypes.base import load_job_type
+from jobtypes.base import JobType, load_job_type
 from jobtypes.locations import lies_within
 from jobtypes.registry import registry_for
 
@@ -71,7 +71,11 @@ def create_job(
     An identical job is one with the same job type and product id (or, without a product id,
     the same config). Requesting an expired job again sends it back to ``initialized``.
     """
-    new = _new_job(body, settings)
+    kind = load_job_type(body.job_type, settings)  # registered job types only
+    # Keys are made from the job type's name; a job type migration 0006 could not load gets
+    # its stored keys rewritten before this one is looked up.
+    store.finish_pending_rekey(kind.import_path(), kind.name)
+    new = _new_job(body, kind)
     # insert_jobs also sends an expired job of the key back to initialized (and reports it).
     touched = new.key in store.insert_jobs([new]).inserted
     job = _existing(store, new.key)
@@ -82,8 +86,7 @@ def create_job(
     return JobOut.from_job(job)
 
 
-def _new_job(body: JobCreate, settings: Settings) -> NewJob:
-    kind = load_job_type(body.job_type, settings)  # registered job types only
+def _new_job(body: JobCreate, kind: JobType) -> NewJob:
     type_path = kind.import_path()  # a name is stored as its job type's import path
     if body.input_path is not None and not lies_within(body.input_path, kind.input_url):
         raise HTTPException(
@@ -91,11 +94,12 @@ def _new_job(body: JobCreate, settings: Settings) -> NewJob:
             f"input_path: must lie under the job type's input storage {kind.input_url} "
             "(no '.' or '..' parts, no query)",
         )
+    # Keys hash the job type's stable name, so a class may move modules (migration 0006).
     if body.product_id is not None:
-        key = product_key(type_path, body.product_id)
+        key = product_key(kind.name, body.product_id)
         product_id = body.product_id
     else:
-        key = config_key(type_path, body.config or {})
+        key = config_key(kind.name, body.config or {})
         product_id = f"config:{key.hex()}"
     return NewJob(
         job_type=type_path,

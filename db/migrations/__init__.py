@@ -1,0 +1,1 @@
+"""Alembic migrations of the job store, driven by :func:`db.migrate.upgrade`."""

@@ -1,0 +1,1 @@
+"""End-to-end tests: the CLI and the flows under a real Prefect server."""

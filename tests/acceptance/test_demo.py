@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -85,5 +86,8 @@ def test_demo_against_postgresql(
         JOBLINE_DATABASE_URL=pg_settings.resolved_database_url,
         PREFECT_API_URL=prefect_api_url,
     )
-    run_demo(env, "--products", "4")
+    done = run_demo(env, "--products", "4", "--json")
     assert_all_done(JobStore.from_settings(pg_settings), 4)
+    document = json.loads(done.stdout)
+    assert document["summary"]["jobs"] == document["summary"]["succeeded"] == 4
+    assert {job["status"] for job in document["jobs"]} == {"done"}

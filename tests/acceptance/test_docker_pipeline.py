@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_demo_jobs_run_in_containers(docker_settings: Settings, docker_client: o
 
     summary = run_pipeline(job_type=SnowCover.import_path(), runner="docker")
 
-    assert summary.processed == 4
+    assert summary.jobs == summary.succeeded == 4
     store = JobStore.from_settings(docker_settings)
     for job in store.list_jobs().jobs:
         assert statuses(store, job.id) == HAPPY_PATH
@@ -109,4 +110,59 @@ def test_retry_timeout_and_missing_image_in_containers(
     assert "external_error" in statuses(store, jobs["flaky-1"].id)
     assert "timed out after 3 s" in (jobs["sleepy-1"].last_error or "")
     assert "jobline-test/absent:404" in (jobs["noimage-1"].last_error or "")
+    assert leftover_containers(docker_client, store) == []
+
+
+@pytest.mark.slow
+def test_concurrency_4_runs_four_containers_at_the_same_time(
+    docker_settings: Settings,
+    docker_client: object,
+    tmp_path: Path,
+    jobline_env: Callable[[Settings], Settings],
+) -> None:
+    """4 jobs whose container sleeps 10 s, at concurrency 4: the engine started all four before
+    any of them ended (~15 s)."""
+    from flows.pipeline import run_pipeline
+    from tasks.runners.docker import STORE_LABEL
+    from tasks.runners.images import build_busybox_image
+
+    build_busybox_image(docker_client, ECHO_IMAGE, {SCRIPT_IN_IMAGE: SCRIPT.encode()})  # type: ignore[arg-type]
+    inputs = tmp_path / "input"
+    source = tmp_path / "src"
+    write_partner_module(source, inputs, tmp_path / "output")
+    (source / "sleepers.py").write_text(
+        "from partner_jobtypes import DockerEcho\n\n"
+        "class Sleeper(DockerEcho):\n"
+        "    name = 'sleeper'\n"
+        "    queue = 'sleeper'\n"
+        "    timeout = 120\n"
+        "    command = ['/bin/sh', '-c', 'sleep 10 && echo slept > output/slept.txt']\n"
+    )
+    write_products(inputs, [f"ok-{n}" for n in range(4)])
+    jobline_env(docker_settings.model_copy(update={"job_types": ["sleepers:Sleeper"]}))
+    store = JobStore.from_settings(docker_settings)
+    since = time.time()
+
+    summary = run_pipeline(job_type="sleepers:Sleeper", concurrency=4, runner="docker")
+
+    until = time.time() + 1
+    assert (summary.jobs, summary.succeeded) == (4, 4)
+    events = docker_client.events(  # type: ignore[attr-defined]
+        since=int(since),
+        until=int(until) + 1,
+        decode=True,
+        filters={"type": "container", "label": f"{STORE_LABEL}={store.store_id()}"},
+    )
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    for event in events:
+        name = event["Actor"]["Attributes"]["name"]
+        if event["Action"] == "start":
+            started[name] = event["timeNano"] / 1e9
+        elif event["Action"] == "die":
+            ended[name] = event["timeNano"] / 1e9
+    assert len(started) == len(ended) == 4, (started, ended)
+    assert max(started.values()) < min(ended.values()), "all four ran at the same time"
+    for name in started:
+        assert ended[name] - started[name] >= 9.5
     assert leftover_containers(docker_client, store) == []

@@ -80,7 +80,7 @@ def test_demo_from_s3_to_s3_then_nothing_new(
     assert store.get_meta("watermark:snow_s3") is not None
 
     second = run_pipeline(job_type=job_type)
-    assert first.inserted == 5 and second.inserted == 0 and second.processed == 0
+    assert first.inserted == 5 and second.inserted == 0 and second.jobs == second.attempts == 0
 
 
 def hostile_product() -> str:

@@ -1,0 +1,1 @@
+"""Tests against the real services: PostgreSQL, Docker, moto's S3 server, RabbitMQ."""

@@ -15,6 +15,7 @@ from db.records import config_key, product_key
 from db.statuses import Status
 from db.store import JobStore
 from jobtypes.base import Configuration
+from jobtypes.demo import SnowCover
 from tests.integration import api_server as server_support
 from tests.integration.api_server import (
     HAPPY_PATH,
@@ -102,7 +103,7 @@ def test_create_answers_201_then_200_for_the_identical_job(
     assert first.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "initialized"
     assert job["queue"] == "snow"  # the job type's
-    assert job["key"] == product_key(JOB_TYPE, "P1").hex()
+    assert job["key"] == product_key(SnowCover.name, "P1").hex()
 
     again = submit(client, priority=9)  # other fields do not make another job
     assert again.status_code == 200
@@ -118,7 +119,7 @@ def test_a_config_only_job_is_keyed_by_its_config(client: httpx.Client) -> None:
     reordered = client.post("/jobs", json={"job_type": JOB_TYPE, "config": {"a": [1, 2], "b": 2}})
     assert reordered.status_code == 200
     assert reordered.json()["id"] == first.json()["id"]
-    assert first.json()["key"] == config_key(JOB_TYPE, {"a": [1, 2], "b": 2}).hex()
+    assert first.json()["key"] == config_key(SnowCover.name, {"a": [1, 2], "b": 2}).hex()
     assert client.post("/jobs", json={**body, "config": {"b": 3}}).status_code == 201
 
 

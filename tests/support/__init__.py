@@ -1,0 +1,1 @@
+"""Shared test support: partner job types written outside the repository."""

@@ -17,7 +17,7 @@ import pytest
 from db.store import JobStore
 from jobline.exceptions import ConfigurationError, StorageError
 from jobline.settings import Settings
-from jobtypes.base import InputFile, JobType
+from jobtypes.base import InputFile, JobType, Product
 from tasks import storage
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
@@ -138,6 +138,63 @@ def test_parse_product_can_drop_paths(memory_root: str, settings: Settings) -> N
 
     products = storage.list_products(Picky(settings), T0, T0 + timedelta(hours=1))
     assert [p.product_id for p in products] == ["keep.SAFE"]
+
+
+def test_objects_the_parser_cannot_read_are_rejected_by_name(
+    memory_root: str, settings: Settings
+) -> None:
+    for name in ("S2A_MSIL1C_X_N_R_T32TLR_Y", "S2B_garbage", "notes", "dots", "dash"):
+        put_memory(f"{memory_root}/in/{name}.SAFE/x", b"1", T0)
+
+    class ReadmeParser(FolderProducts):
+        """The README's first example, which raised on names it could not split."""
+
+        input_storage = f"memory://{memory_root}/in"
+
+        def parse_product(self, path: str, publication_date: datetime | None = None) -> Any:
+            product_id = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".SAFE")
+            if product_id == "notes":
+                return None
+            if product_id == "dots":
+                return Product(product_id="..", path=path)
+            if product_id == "dash":
+                return {"product_id": "dash"}
+            return Product(product_id=product_id, path=path, tile_id=product_id.split("_")[5])
+
+    listing = storage.scan_products(ReadmeParser(settings), T0, T0 + timedelta(hours=1))
+
+    assert [p.product_id for p in listing.products] == ["S2A_MSIL1C_X_N_R_T32TLR_Y"]
+    rejected = {r.path.rsplit("/", 1)[-1]: r for r in listing.rejected}
+    assert set(rejected) == {"S2B_garbage.SAFE", "notes.SAFE", "dots.SAFE", "dash.SAFE"}
+    assert rejected["S2B_garbage.SAFE"].kind == "parser_error"
+    assert "IndexError" in rejected["S2B_garbage.SAFE"].reason
+    assert rejected["notes.SAFE"].kind == "ignored"
+    assert rejected["dots.SAFE"].kind == "invalid_product"
+    assert "'..'" in rejected["dots.SAFE"].reason
+    assert "not a Product" in rejected["dash.SAFE"].reason
+
+
+@pytest.mark.parametrize(
+    ("product_id", "tile_id", "problem"),
+    [
+        ("a/b", None, "path separator"),
+        ("a\\b", None, "path separator"),
+        ("ok", "T1\n", "control character"),
+        ("", None, "1 to 300"),
+        ("x" * 301, None, "1 to 300"),
+        ("ok", "", "1 to 64"),
+    ],
+)
+def test_unsafe_product_and_tile_ids_are_named(
+    product_id: str, tile_id: str | None, problem: str
+) -> None:
+    reason = storage.product_problem(Product(product_id=product_id, path="p", tile_id=tile_id))
+    assert reason is not None and problem in reason
+
+
+def test_a_safe_product_has_no_problem() -> None:
+    product = Product(product_id="S2A_MSIL1C_X", path="p", tile_id="T32TLR")
+    assert storage.product_problem(product) is None
 
 
 @pytest.mark.parametrize("glob", ["**/*.SAFE", "", "a//b"])
