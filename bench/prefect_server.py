@@ -1,5 +1,8 @@
 """A temporary Prefect server for the pipeline benchmarks, on its own PostgreSQL database (the
-same way the test suite runs one), or the server ``PREFECT_API_URL`` already names."""
+same way the test suite runs one), or the server ``PREFECT_API_URL`` already names.
+
+:func:`serve` starts ``prefect server start`` as the README does, on PostgreSQL or on Prefect's
+own SQLite default; its log is ``<home>/server.log``."""
 
 from __future__ import annotations
 
@@ -41,20 +44,23 @@ def prefect_api(server_url: str) -> Iterator[str]:
         yield from serve(database_url, Path(home))
 
 
-def serve(database_url: str, home: Path) -> Iterator[str]:
-    """Start a Prefect server on the empty database ``database_url``, yield its API URL, stop
-    it afterwards (the test suite's session server is started the same way)."""
-    database = make_url(database_url).set(drivername="postgresql+asyncpg")
+def serve(database_url: str | None, home: Path) -> Iterator[str]:
+    """Start a Prefect server on the empty PostgreSQL database ``database_url`` (None: Prefect's
+    default, an SQLite file in ``home``), yield its API URL, stop it afterwards (the test
+    suite's session server is started the same way)."""
     port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": database.render_as_string(hide_password=False),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    if database_url is not None:
+        database = make_url(database_url).set(drivername="postgresql+asyncpg")
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database.render_as_string(hide_password=False)
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     with (home / "server.log").open("w") as log:
         process = subprocess.Popen(

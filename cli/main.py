@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cli import api_cmd, maintenance_cmd, pipeline_cmds
 from cli.amqp_cmd import amqp_app
@@ -99,5 +100,6 @@ def main() -> None:
     try:
         app()
     except JoblineError as error:
-        errors.print(f"[red]error:[/] {error}")
+        # One line, however long (scripts and logs read it), and never read as markup.
+        errors.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise SystemExit(2) from None

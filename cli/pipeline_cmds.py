@@ -17,7 +17,6 @@ processed and do not count: they are the job type's policy, not a failure.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from api.schemas import JobOut
+from cli.prefect_check import PrefectTarget, prepare_prefect
 from db.migrate import upgrade
 from db.records import JobFilter
 from db.statuses import TERMINAL, Status
@@ -59,20 +59,17 @@ JsonOption = Annotated[
 ]
 
 
-def use_embedded_prefect_defaults() -> bool:
-    """Without PREFECT_API_URL, Prefect starts a temporary local server for the run. Its first
-    start took about 30 s on two cores, past Prefect's default 20 s limit: give it longer, and
-    keep it from phoning home. Returns whether the embedded server will be used."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    return not os.environ.get("PREFECT_API_URL")
-
-
 def demo(
     products: Annotated[int, typer.Option(min=1, max=500, help="Sample products to make.")] = 8,
     runner: RunnerOption = None,
     concurrency: ConcurrencyOption = 4,
+    inputs_only: Annotated[
+        bool,
+        typer.Option(
+            "--inputs-only",
+            help="Only write the sample products, for a deployment (snow-cover) to pick up.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The main job: make sample Sentinel-2-style products and run the snow cover pipeline."""
@@ -80,16 +77,48 @@ def demo(
 
     out = _output(as_json)
     settings = get_settings()
-    upgrade(settings)
     job_type = SnowCover(settings)
     input_dir = Path(job_type.input_url.removeprefix("file://"))
+    if inputs_only:
+        write_sample_products(input_dir, count=products)
+        _inputs_for_workers(job_type, settings, runner, f"{products} in {input_dir}", out)
+        return
+    target = prepare_prefect()
+    upgrade(settings)
     write_sample_products(input_dir, count=products)
     out.print(f"input products: {products} in {input_dir}")
     chosen = _announce_runner(job_type, settings, runner, out)
     if chosen == "docker":
         chosen = _demo_image_or_local(asked=bool(runner or settings.runner != "auto"), out=out)
     run = PipelineRun(SnowCover.import_path(), None, None, 10_000, concurrency, chosen)
-    _run(run, settings, as_json)
+    _run(run, settings, as_json, target)
+
+
+def _inputs_for_workers(
+    job_type: object, settings: Settings, runner: str | None, what: str, out: Console
+) -> None:
+    """``--inputs-only``: say where the products are and who picks them up. With the docker
+    runner a worker also needs the demo image on its engine, and no registry has it: build it
+    here (workers on other machines build it with the same command there)."""
+    from tasks.runners.images import ensure_demo_image
+    from tasks.runners.select import resolve_runner_name
+
+    out.print(f"input products: {what} (nothing processed)")
+    out.print(
+        f"A worker whose JOBLINE_DATA_DIR is {settings.data_dir} finds them on the next run of "
+        "run-pipeline/snow-cover (hourly; now: `prefect deployment run run-pipeline/snow-cover`)."
+    )
+    if resolve_runner_name(job_type, settings, runner) != "docker":  # type: ignore[arg-type]
+        return
+    try:
+        ensure_demo_image()
+    except JoblineError as error:
+        out.print(
+            f"[yellow]cannot build the demo image ({error}): start the worker with "
+            "JOBLINE_RUNNER=local[/]"
+        )
+        return
+    out.print("demo image: on this machine's Docker engine, for workers using docker")
 
 
 def _demo_image_or_local(asked: bool, out: Console) -> str:
@@ -132,10 +161,11 @@ def run(
     out = _output(as_json)
     settings = get_settings()
     kind = load_job_type(job_type, settings)  # registered job types only, before any work
+    target = prepare_prefect()
     upgrade(settings)
     chosen = _announce_runner(kind, settings, runner, out)
     run = PipelineRun(kind.import_path(), _utc(since), _utc(until), max_jobs, concurrency, chosen)
-    _run(run, settings, as_json)
+    _run(run, settings, as_json, target)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -170,9 +200,9 @@ class PipelineRun:
     runner: str
 
 
-def _run(run: PipelineRun, settings: Settings, as_json: bool) -> None:
+def _run(run: PipelineRun, settings: Settings, as_json: bool, target: PrefectTarget) -> None:
     out = _output(as_json)
-    if use_embedded_prefect_defaults():
+    if target.embedded:
         out.print(
             "Prefect: no PREFECT_API_URL, starting Prefect's embedded server "
             "(its first start can take a minute)…"

@@ -1,4 +1,12 @@
-"""Create or migrate jobline's schema with alembic, idempotently, on PostgreSQL and SQLite."""
+"""Create or migrate jobline's schema with alembic, idempotently, on PostgreSQL and SQLite.
+
+Who migrates: an operator, with ``jobline db upgrade`` (and ``jobline run`` / ``jobline demo``,
+which upgrade before they run, so the main job needs no step before it). Workers running
+deployment flows never do: a shared production database is migrated once, deliberately, by a
+user allowed to change its schema, not by whichever worker of whichever version starts first.
+A worker's first task checks the schema instead (:func:`require_current_schema`) and fails at
+once with a message saying to run ``jobline db upgrade``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from db.engine import make_engine
+from jobline.exceptions import SchemaNotCurrent
 from jobline.settings import Settings
 
 #: Serialises concurrent upgrades of the same PostgreSQL database (any constant will do).
@@ -59,3 +68,40 @@ def current_revision(engine: Engine, settings: Settings) -> str | None:
 
 def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
+
+
+def known_revisions() -> list[str]:
+    """Every revision this jobline's migrations define, newest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [revision.revision for revision in script.walk_revisions()]
+
+
+def require_current_schema(engine: Engine, settings: Settings) -> None:
+    """Raise :class:`SchemaNotCurrent` unless the database is at this jobline's newest
+    revision: empty, older or newer (written by a newer jobline) all stop a worker before it
+    writes anything. One query; processes call it once, when they open their store."""
+    current = current_revision(engine, settings)
+    head = head_revision()
+    if current == head:
+        return
+    where = describe_database(engine, settings)
+    if current is None:
+        problem = f"{where} has no jobline schema"
+    elif current in known_revisions():
+        problem = f"{where} is at revision {current}, older than this jobline's {head}"
+    else:
+        raise SchemaNotCurrent(
+            f"{where} is at revision {current}, which this jobline (newest {head}) does not "
+            "know: a newer jobline migrated it; install that version on this worker"
+        )
+    raise SchemaNotCurrent(
+        f"{problem}: run `jobline db upgrade` with this JOBLINE_DATABASE_URL "
+        "(workers never migrate the schema themselves)"
+    )
+
+
+def describe_database(engine: Engine, settings: Settings) -> str:
+    """The database as users name it: its URL without password, and the schema on PostgreSQL."""
+    where = engine.url.render_as_string(hide_password=True)
+    schema = schema_for(engine, settings)
+    return f"job store {where}" + (f" (schema {schema})" if schema else "")

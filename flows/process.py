@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
 
 from flows.common import PipelineSummary, process_ready_jobs, report, run_job
+from flows.parameters import Concurrency, JobId, JobTypeName, MaxJobs, Runner
 from flows.pipeline import DEMO_JOB_TYPE
 from tasks import lifecycle
 from tasks.results import StepOutcome
@@ -14,24 +13,37 @@ from tasks.results import StepOutcome
 
 @flow(name="process-jobs", log_prints=True)
 def process_jobs(
-    job_type: str = DEMO_JOB_TYPE,
-    max_jobs: int = 1000,
-    concurrency: int = 4,
-    runner: Literal["auto", "local", "docker"] | None = None,
+    job_type: JobTypeName = DEMO_JOB_TYPE,
+    max_jobs: MaxJobs = 1000,
+    concurrency: Concurrency = 4,
+    runner: Runner = None,
 ) -> PipelineSummary:
-    """Claim the job type's ready jobs and process them."""
+    """Claim the job type's ready jobs and process them.
+
+    Args:
+        job_type: The job type whose ready jobs to process, as its import path (module:Class).
+        max_jobs: The most jobs this run processes (1 to 1,000,000); the rest wait for the
+            next run.
+        concurrency: How many jobs this run processes at once (1 to 64).
+        runner: How job containers run: docker, local (a subprocess) or auto (docker when an
+            engine answers). Empty: the job type's pin, else JOBLINE_RUNNER.
+    """
     summary = PipelineSummary(job_type=job_type)
     process_ready_jobs(job_type, max_jobs, concurrency, runner, summary)
     return report(job_type, summary)
 
 
 @flow(name="process-job", log_prints=True)
-def process_job(
-    job_id: int, runner: Literal["auto", "local", "docker"] | None = None
-) -> StepOutcome | None:
+def process_job(job_id: JobId, runner: Runner = None) -> StepOutcome | None:
     """One job's lifecycle: configure it if new, claim it if ready, and run its steps.
 
-    Returns None when the job is not ready (e.g. still waiting for a dependency)."""
+    Returns None when the job is not ready (e.g. still waiting for a dependency).
+
+    Args:
+        job_id: The job's id (`jobline jobs list` shows it).
+        runner: How the job's container runs: docker, local (a subprocess) or auto (docker
+            when an engine answers). Empty: the job type's pin, else JOBLINE_RUNNER.
+    """
     job_type = lifecycle.claim_one(job_id)
     if job_type is None:
         return None

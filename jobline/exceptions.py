@@ -16,6 +16,16 @@ class ConfigurationError(JoblineError):
     """A setting or a job type declaration is missing or malformed."""
 
 
+class SchemaNotCurrent(ConfigurationError):
+    """The job store's schema is missing or at another revision than this jobline's newest;
+    the message says what to run (``jobline db upgrade``)."""
+
+
+class PrefectUnavailable(ConfigurationError):
+    """Prefect cannot serve a run: its server does not answer, or its embedded server cannot
+    start; the message names the cause and the setting that fixes it."""
+
+
 class JobNotFound(JoblineError):
     """No job has the given id or key."""
 

@@ -15,6 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from db.migrate import require_current_schema
 from db.records import RunIds
 from db.statuses import Status
 from db.store import JobStore
@@ -28,8 +29,19 @@ from tasks.runners.select import runner_for
 
 @lru_cache(maxsize=8)
 def _store(database_url: str, schema: str) -> JobStore:
-    """One store (and connection pool) per database per process, shared by the task threads."""
-    return JobStore.from_settings(Settings(database_url=database_url, db_schema=schema))
+    """One store (and connection pool) per database per process, shared by the task threads.
+
+    Opened only on a schema at this jobline's revision: a worker never migrates the database
+    (see :mod:`db.migrate`), so on an empty or older one the flow's first task fails here, at
+    once, saying to run ``jobline db upgrade``. Checked once per process and database."""
+    settings = Settings(database_url=database_url, db_schema=schema)
+    store = JobStore.from_settings(settings)
+    try:
+        require_current_schema(store.engine, settings)
+    except BaseException:
+        store.engine.dispose()
+        raise
+    return store
 
 
 def store_for(settings: Settings) -> JobStore:

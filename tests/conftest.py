@@ -113,11 +113,17 @@ def pg_store(pg_settings: Settings) -> Iterator[JobStore]:
 
 
 @pytest.fixture(scope="session")
-def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One Prefect server for the whole test session; flows in tests report to it."""
-    home = tmp_path_factory.mktemp("prefect-home")
+def prefect_server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PREFECT_HOME of the session's Prefect server; its log is ``server.log`` in it."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server_home: Path) -> Iterator[str]:
+    """One Prefect server for the whole test session (on PostgreSQL); flows in tests report
+    to it."""
     with scratch_database("prefect_test") as database_url:
-        yield from _serve_prefect(database_url, home)
+        yield from _serve_prefect(database_url, prefect_server_home)
 
 
 def _serve_prefect(database_url: str, home: Path) -> Iterator[str]:

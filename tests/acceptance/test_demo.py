@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from bench.prefect_server import free_port
 from db.models import JobStatusChange
 from db.store import JobStore
 from jobline.settings import Settings
@@ -17,6 +19,9 @@ from tasks.results import METADATA_KEYS
 from tests.acceptance.test_lifecycle import HAPPY_PATH
 
 DEMO_TYPE = "jobtypes.demo:SnowCover"
+#: The most a run that Prefect cannot serve may take to stop (seconds): about 3 s of imports
+#: and checks on a quiet machine, many more on a loaded one.
+STOPS_WITHIN = 60
 
 
 def fresh_machine_env(home: Path, **extra: str) -> dict[str, str]:
@@ -91,3 +96,52 @@ def test_demo_against_postgresql(
     document = json.loads(done.stdout)
     assert document["summary"]["jobs"] == document["summary"]["succeeded"] == 4
     assert {job["status"] for job in document["jobs"]} == {"done"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "cause", "setting"),
+    [
+        # Prefect's home cannot be created: HOME is a file (seen: minutes of retries, 0 jobs).
+        ("demo", {"HOME": "file"}, "PREFECT_HOME"),
+        ("run", {"HOME": "file"}, "PREFECT_HOME"),
+        # The embedded server's database (PostgreSQL, as configured) does not answer.
+        (
+            "demo",
+            {
+                "PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://postgres@127.0.0.1:{port}/p"
+            },
+            "PREFECT_API_DATABASE_CONNECTION_URL",
+        ),
+        # No embedded server allowed, no server named.
+        ("demo", {"PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false"}, "PREFECT_API_URL"),
+        # A server is named, and nothing answers there.
+        ("run", {"PREFECT_API_URL": "http://127.0.0.1:{port}/api"}, "PREFECT_API_URL"),
+    ],
+)
+def test_when_prefect_cannot_serve_the_run_it_stops_in_seconds_with_one_line(
+    tmp_path: Path, command: str, cause: dict[str, str], setting: str
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    data_dir = tmp_path / "data"
+    port = str(free_port())  # nothing listens there
+    extra = {k: v.replace("{port}", port) for k, v in cause.items()}
+    if extra.pop("HOME", None) == "file":
+        home = tmp_path / "a-file"
+        home.write_text("not a directory")
+    env = fresh_machine_env(home, JOBLINE_DATA_DIR=str(data_dir), **extra)
+    arguments = ["demo"] if command == "demo" else ["run", DEMO_TYPE]
+    started = time.monotonic()
+    result = subprocess.run(
+        ["jobline", *arguments], env=env, capture_output=True, text=True, timeout=300
+    )
+    seconds = time.monotonic() - started
+    print(f"jobline {command} with {cause}: exit {result.returncode} after {seconds:.1f} s")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Prefect"), result.stderr
+    assert setting in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not data_dir.exists(), "nothing was written before Prefect was found able"
+    assert seconds < STOPS_WITHIN
