@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -69,6 +70,13 @@ class UtcDateTime(TypeDecorator[datetime]):
 #: Predicates of the partial indexes on ``jobs``.
 READY_ONLY = "status = 'ready'"
 LEASED_ONLY = "lease_expires_at IS NOT NULL"
+#: Statuses after which a job is never late: it delivered (done, expired) or was given up.
+NEVER_LATE: frozenset[Status] = frozenset({Status.DONE, Status.EXPIRED, Status.CANCELLED})
+CAN_BE_LATE = (
+    "due_at IS NOT NULL AND status NOT IN ('"
+    + "', '".join(sorted(s.value for s in NEVER_LATE))
+    + "')"
+)
 
 
 def sql_list(values: set[Status] | frozenset[Status] | list[Status]) -> str:
@@ -122,6 +130,10 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Timeliness (migration 0008): when the job becomes late (its input's publication, or its
+    # creation, plus its job type's target; None: no target), and the input's sensing time.
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    sensing_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         CheckConstraint(f"status IN ({sql_list(list(Status))})", name="status_known"),
@@ -141,6 +153,13 @@ class Job(Base):
             "lease_expires_at",
             postgresql_where=text(LEASED_ONLY),
             sqlite_where=text(LEASED_ONLY),
+        ),
+        # Only jobs that can still be late, by due time: the late jobs are its first entries.
+        Index(
+            "ix_jobs_due",
+            "due_at",
+            postgresql_where=text(CAN_BE_LATE),
+            sqlite_where=text(CAN_BE_LATE),
         ),
     )
 
@@ -192,6 +211,9 @@ class JobStatusChange(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     task_run_id: Mapped[str | None] = mapped_column(String(64))
+    # 'status' (written by the trigger) or 'note' (an operator's note: from = to = the status
+    # the job was in; migration 0008).
+    kind: Mapped[str] = mapped_column(String(16), server_default=text("'status'"))
 
     __table_args__ = (Index("ix_job_status_changes_job_id_id", "job_id", "id"),)
 
@@ -249,3 +271,41 @@ class Publication(Base):
         Index("ix_publications_status_id", "status", "id"),
         Index("ix_publications_job_id", "job_id"),
     )
+
+
+class JobStat(Base):
+    """Changes of the per job type and hour figures of finished jobs, appended by triggers on
+    ``jobs`` (migration 0008, :mod:`db.stats`) like ``job_counts``: the figures are the sums
+    (min and max the extremes) over the rows of a (job type, hour); a row with a
+    ``latency_bucket`` counts done jobs whose latency fell in that bucket of
+    :data:`db.stats.BUCKET_EDGES`, so percentiles come from a few rows, not from the jobs."""
+
+    __tablename__ = "job_stats"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_type: Mapped[str] = mapped_column(String(200))
+    hour: Mapped[datetime] = mapped_column(UtcDateTime)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    cancelled: Mapped[int] = mapped_column(BigInteger, default=0)
+    done_late: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_bucket: Mapped[int | None] = mapped_column(Integer)
+    latency_sum: Mapped[float | None] = mapped_column(Float)
+    latency_min: Mapped[float | None] = mapped_column(Float)
+    latency_max: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_job_stats_hour", "hour"),)
+
+
+class Pause(Base):
+    """A paused job type or queue: its ready jobs are neither claimed nor launched
+    (:func:`db.pauses.not_paused`)."""
+
+    __tablename__ = "pauses"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    paused_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (CheckConstraint("kind IN ('job_type', 'queue')", name="kind_known"),)
