@@ -78,7 +78,14 @@ def pg_settings(pg_database_url: str, tmp_path: Path) -> Settings:
     with engine.begin() as connection:
         tables = ", ".join(
             f'"{settings.db_schema}".{table}'
-            for table in ("jobs", "job_status_changes", "job_metadata", "meta", "job_stats", "pauses")
+            for table in (
+                "jobs",
+                "job_status_changes",
+                "job_metadata",
+                "meta",
+                "job_stats",
+                "pauses",
+            )
         )
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
