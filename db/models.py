@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -166,6 +166,28 @@ class Job(Base):
     @property
     def key_hex(self) -> str:
         return self.job_key.hex()
+
+    def is_late(self, now: datetime) -> bool:
+        """Past its due time and not done (nor expired or cancelled): derived, never stored."""
+        return (
+            self.due_at is not None and self.due_at < now and Status(self.status) not in NEVER_LATE
+        )
+
+    @property
+    def latency(self) -> timedelta | None:
+        """A done job's latency: input publication (else creation) to output publication (else
+        the job's end), as ``job_stats`` counts it; None for a job not done."""
+        if self.status not in (Status.DONE.value, Status.EXPIRED.value) or self.finished_at is None:
+            return None
+        start = self.input_publication_date or self.created_at
+        return (self.output_publication_date or self.finished_at) - start
+
+    @property
+    def sensing_latency(self) -> timedelta | None:
+        """A done job's latency from its input's sensing time, when known."""
+        if self.latency is None or self.sensing_time is None:
+            return None
+        return (self.output_publication_date or self.finished_at) - self.sensing_time  # type: ignore[operator]
 
 
 # Only ready jobs, in claim order: a transition elsewhere adds no entry (migration 0004).

@@ -178,9 +178,9 @@ def backfill_statement(dialect: str, schema: str | None) -> str:
     """SQL: ``job_stats`` rows for every job finished now (``done``, ``internal_error``,
     ``cancelled``), as the triggers would have written them; for the migration and bulk loads."""
     prefix = f'"{schema}".' if dialect == "postgresql" and schema else ""
-    return _figures_select(
-        "j", dialect, f"{prefix}jobs j", f"j.status IN {FINISHING}"
-    ).format(s=prefix)
+    return _figures_select("j", dialect, f"{prefix}jobs j", f"j.status IN {FINISHING}").format(
+        s=prefix
+    )
 
 
 FOLD = (

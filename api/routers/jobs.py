@@ -38,7 +38,7 @@ from api.schemas import (
 from db.models import Job
 from db.records import JobFilter, MetadataLimits, NewJob, config_key, product_key
 from db.statuses import TERMINAL, WORKER_OWNED, Status, statuses_in_phase
-from db.store import JobStore, model_name
+from db.store import JobStore, model_name, utcnow
 from jobline.exceptions import JobNotFound, MetadataTooLarge
 from jobline.settings import Settings
 from jobtypes.base import JobType, load_job_type
@@ -114,6 +114,7 @@ def _new_job(body: JobCreate, kind: JobType) -> NewJob:
         max_attempts=body.max_attempts or kind.max_attempts,
         message="submitted through the API",
         job_key=key,
+        due_at=kind.due_at(body.input_publication_date, utcnow()),
     )
 
 
