@@ -15,7 +15,7 @@ import jobline
 from api.auth import AuthDep, LoopbackHostOnly, check_serving
 from api.errors import BodySizeLimit, install_error_handlers
 from api.live import LiveFeed
-from api.routers import events, health, jobs
+from api.routers import events, health, jobs, operations
 from db.notify import NoticeHub
 from db.store import JobStore
 from jobline.exceptions import ConfigurationError
@@ -81,6 +81,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=guarded)
     app.include_router(events.router, dependencies=guarded)
+    app.include_router(operations.router, dependencies=guarded)
     _document_registered_job_types(app, settings)
     return app
 

@@ -9,8 +9,7 @@ writers share nothing; :func:`fold` merges the rows of each (job type, hour, buc
 A done job's **latency** is the time from its input's publication (its creation, when the input
 has no publication date) to its output's publication (its end, when it published nothing). The
 histogram's buckets are geometric (:data:`BUCKET_EDGES`, 25 % wide): a percentile read from it
-is the upper edge of the bucket holding that rank (clipped to the observed max), within one
-bucket of the exact value.
+is interpolated within the bucket holding that rank, so it lies in the exact value's bucket.
 """
 
 from __future__ import annotations
@@ -228,18 +227,20 @@ class Latency:
         return self.total / self.count if self.count else None
 
     def percentile(self, q: float) -> float | None:
-        """The latency at rank ``ceil(q * count)``, as the upper edge of its bucket (clipped
-        to the observed extremes)."""
-        if not self.count:
+        """The latency at rank ``ceil(q * count)``, interpolated within its bucket (whose edges
+        are clipped to the observed extremes): within that bucket of the exact value."""
+        if not self.count or self.minimum is None or self.maximum is None:
             return None
         rank = max(1, math.ceil(q * self.count))
         seen = 0
         for bucket in sorted(self.buckets):
-            seen += self.buckets[bucket]
-            if seen >= rank:
+            in_bucket = self.buckets[bucket]
+            if seen + in_bucket >= rank:
+                lower = BUCKET_EDGES[bucket - 1] if bucket > 0 else 0.0
                 upper = BUCKET_EDGES[bucket] if bucket < len(BUCKET_EDGES) else self.maximum
-                assert self.minimum is not None and self.maximum is not None
-                return min(max(float(upper or 0.0), self.minimum), self.maximum)
+                lower, upper = max(lower, self.minimum), min(upper, self.maximum)
+                return lower + (upper - lower) * (rank - seen) / in_bucket
+            seen += in_bucket
         return self.maximum
 
 

@@ -115,7 +115,6 @@ def test_histogram_percentiles_match_a_direct_computation(
         exact = _exact_percentile(latencies, q)
         assert estimate is not None
         assert abs(bucket_of(estimate) - bucket_of(exact)) <= 1, (q, estimate, exact)
-        assert estimate >= exact  # the bucket's upper edge
 
 
 def test_a_note_shows_in_the_history_and_changes_no_status(timed_store: JobStore) -> None:
