@@ -285,6 +285,19 @@ def _query(shown: dict[str, Any], **extra: Any) -> str:
     return urlencode(pairs)
 
 
+def _describe(shown: dict[str, Any]) -> str:
+    """A filter in words, for the confirmation of a bulk action."""
+    parts = []
+    if shown["status"]:
+        parts.append("status " + " or ".join(shown["status"]))
+    for name in ("phase", "job_type", "tile_id"):
+        if shown[name]:
+            parts.append(f"{name.replace('_', ' ')} {shown[name]}")
+    if shown["late"]:
+        parts.append("late")
+    return ", ".join(parts) or "none"
+
+
 @router.get("/jobs")
 def job_table(request: Request) -> Response:
     _session(request)
@@ -353,6 +366,7 @@ async def bulk_action(request: Request) -> Response:
             count=count,
             shown=shown,
             filter_query=_query(shown),
+            filter_text=_describe(shown),
         )
     if filters is None:
         changed = 0

@@ -21,7 +21,7 @@ def day_chart(
     worst = max([by_day[n].p95 or 0 for n in names if n in by_day] + [target or 0, 1])
     slot = (WIDTH - 2 * PAD) / count
     plot = HEIGHT - 2 * PAD
-    bars, points = [], []
+    bars, points, dots = [], [], []
     for index, name in enumerate(names):
         day = by_day.get(name)
         done = day.done if day else 0
@@ -39,13 +39,18 @@ def day_chart(
             }
         )
         if day and day.p95 is not None:
-            points.append(f"{x + slot / 2:.1f},{PAD + plot - plot * day.p95 / worst:.1f}")
+            y = PAD + plot - plot * day.p95 / worst
+            points.append(f"{x + slot / 2:.1f},{y:.1f}")
+            dots.append(
+                {"x": round(x + slot / 2, 1), "y": round(y, 1), "title": f"p95 {day.p95:.0f} s"}
+            )
     target_y = round(PAD + plot - plot * target / worst, 1) if target else None
     return {
         "width": WIDTH,
         "height": HEIGHT,
         "bars": bars,
-        "line": " ".join(points),
+        "line": " ".join(points) if len(points) > 1 else "",
+        "points": dots,
         "target_y": target_y,
         "pad": PAD,
     }
