@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from db.overview import DayOut
+from db.overview import DayOut, duration_text
 
 WIDTH, HEIGHT, PAD = 280, 90, 14
 
@@ -25,7 +25,7 @@ def day_chart(
     for index, name in enumerate(names):
         day = by_day.get(name)
         done = day.done if day else 0
-        height = plot * done / most
+        height = plot * 0.8 * done / most  # bars stay under the latency scale's top
         x = PAD + index * slot
         bars.append(
             {
@@ -34,6 +34,7 @@ def day_chart(
                 "width": round(slot * 0.7, 1),
                 "height": round(height, 1),
                 "label": name[5:],
+                "done": done,
                 "title": f"{name}: {done} done"
                 + (f", p95 {day.p95:.0f} s" if day and day.p95 is not None else ""),
             }
@@ -45,6 +46,7 @@ def day_chart(
                 {"x": round(x + slot / 2, 1), "y": round(y, 1), "title": f"p95 {day.p95:.0f} s"}
             )
     target_y = round(PAD + plot - plot * target / worst, 1) if target else None
+    target_label = f"target {duration_text(target)}" if target else ""
     return {
         "width": WIDTH,
         "height": HEIGHT,
@@ -52,5 +54,6 @@ def day_chart(
         "line": " ".join(points) if len(points) > 1 else "",
         "points": dots,
         "target_y": target_y,
+        "target_label": target_label,
         "pad": PAD,
     }

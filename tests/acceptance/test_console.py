@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,3 +252,26 @@ def test_the_console_in_a_browser(
     _shot(watcher, "06-jobs-live")
     assert {j.status for j in demo_store.get_jobs(failed_ids)} == {"ready"}
     context.close()
+
+
+def test_maintenance_publishes_the_production_status_artifact(
+    demo: Demo, jobline_env: Callable[[Settings], Settings]
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.maintenance import STATUS_ARTIFACT, maintenance
+
+    jobline_env(Settings(database_url=demo.database_url, data_dir=demo.data_dir))
+    maintenance()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[STATUS_ARTIFACT]))
+        )
+    assert artifacts, "no production-status artifact"
+    report = str(artifacts[-1].data)
+    assert artifacts[-1].type == "markdown"
+    row = next(line for line in report.splitlines() if line.startswith(f"| {DEMO_TYPE}"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "11" and cells[4] == "8"  # jobs, done (3 were retried above)
+    assert cells[-1] == "3.0 h"
