@@ -19,6 +19,7 @@ from api.auth import AuthDep, LoopbackHostOnly, TokenOrSessionDep, check_serving
 from api.errors import BodySizeLimit, install_error_handlers
 from api.live import LiveFeed
 from api.routers import events, health, jobs, operations
+from api.timing import ServerTiming
 from db.notify import NoticeHub
 from db.store import JobStore
 from jobline.exceptions import ConfigurationError
@@ -81,6 +82,7 @@ def create_app(
     install_error_handlers(app)
     app.add_exception_handler(console.Refused, console.refused_handler)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(ServerTiming)
     if not require_auth:
         app.add_middleware(LoopbackHostOnly)  # outermost: before anything else is read
     guarded = [AuthDep] if require_auth else []
