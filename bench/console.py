@@ -116,8 +116,11 @@ def run(database_url: str, sizes: ConsoleSizes, log: Any) -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="jobline-bench-console-") as directory:
         server = start_server(database_url, Path(directory))
         try:
-            with signed_in(server.url, server.token) as client:
+            client = signed_in(server.url, server.token)
+            try:
                 return _measure(client, sizes, log)
+            finally:
+                client.close()
         finally:
             stop(server.process)
 

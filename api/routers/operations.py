@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
+from pydantic import AfterValidator
 from starlette.exceptions import HTTPException
 
 from api.deps import SettingsDep, StoreDep
 from api.errors import ERROR_RESPONSES
 from api.routers.jobs import stored_job_type
-from api.schemas import PauseCreate
+from api.schemas import NAME_PATTERN, PauseCreate, _name
 from db.overview import Overview, PauseOut, production_overview
 from db.pauses import PauseKind
+from jobline.settings import Settings
 from jobtypes.registry import timeliness_targets
 
 router = APIRouter(tags=["operations"], responses=ERROR_RESPONSES)
@@ -41,10 +43,22 @@ def list_pauses(store: StoreDep) -> list[PauseOut]:
     ]
 
 
+PauseName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=200,
+        pattern=NAME_PATTERN,
+        description="A job type (import path or name) or a queue.",
+    ),
+    AfterValidator(_name),
+]
+
+
 @router.put("/pauses/{kind}/{name}")
 def pause(
     kind: PauseKind,
-    name: str,
+    name: PauseName,
     store: StoreDep,
     settings: SettingsDep,
     body: PauseCreate | None = None,
@@ -57,15 +71,14 @@ def pause(
 
 
 @router.delete("/pauses/{kind}/{name}", status_code=204)
-def resume(kind: PauseKind, name: str, store: StoreDep, settings: SettingsDep) -> None:
+def resume(kind: PauseKind, name: PauseName, store: StoreDep, settings: SettingsDep) -> None:
     """Resume a paused job type or queue (404 when it was not paused)."""
     if not store.resume(kind, _stored_name(kind, name, settings)):
         raise HTTPException(404, f"name: {kind} {name} is not paused")
 
 
-def _stored_name(kind: str, name: str, settings: object) -> str:
-    if len(name) > 200 or not name.strip():
-        raise HTTPException(422, "name: must have 1 to 200 characters")
+def _stored_name(kind: str, name: str, settings: Settings) -> str:
+    """A job type's pause is stored under its import path; a queue's under its name."""
     if kind == "job_type":
-        return stored_job_type(name, settings) or name  # type: ignore[arg-type]
+        return stored_job_type(name, settings) or name
     return name
