@@ -113,8 +113,7 @@ def production_overview(
     each job type's queue (for its pause); ``days`` > 0 adds a daily series."""
     now = store.clock()
     counts = store.count_by_type_status()
-    late = store.late_counts()
-    stuck = store.stuck_groups()
+    late, stuck = store.late_and_stuck()
     last_hour = store.finished_since(now - timedelta(hours=1))
     last_day = store.finished_since(now - timedelta(hours=24))
     series = store.daily_series(now - timedelta(days=days - 1)) if days > 0 else {}

@@ -192,14 +192,32 @@ FOLD = (
 )
 
 
+#: The ``meta`` key holding the highest ``job_stats`` id of the last fold.
+FOLDED_UNTIL = "job_stats_folded_until"
+
+
 def fold_if_needed(connection: Connection) -> None:
-    """Merge ``job_stats`` rows per (job type, hour, bucket) when many piled up (PostgreSQL:
-    safe beside writers, see ``db.store._FOLD_JOB_COUNTS``)."""
+    """Merge ``job_stats`` rows per (job type, hour, bucket) once more than
+    :data:`STATS_ROWS_TO_FOLD` were appended since the last fold (PostgreSQL; safe beside
+    writers and other folds, see ``db.store._FOLD_JOB_COUNTS``). The folded rows themselves are
+    many (job types x hours x buckets), so the last fold's end is kept in ``meta``."""
     if connection.dialect.name != "postgresql":
         return
-    span = connection.execute(text("SELECT max(id) - min(id) FROM job_stats")).scalar()
-    if span is not None and span > STATS_ROWS_TO_FOLD:
-        connection.execute(text(FOLD))
+    newest = connection.execute(text("SELECT max(id) FROM job_stats")).scalar()
+    folded = connection.execute(
+        text("SELECT value FROM meta WHERE key = :key"), {"key": FOLDED_UNTIL}
+    ).scalar()
+    if newest is None or newest - int(folded or 0) <= STATS_ROWS_TO_FOLD:
+        return
+    connection.execute(text(FOLD))
+    newest = connection.execute(text("SELECT max(id) FROM job_stats")).scalar() or 0
+    connection.execute(
+        text(
+            "INSERT INTO meta (key, value, updated_at) VALUES (:key, :value, now()) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()"
+        ),
+        {"key": FOLDED_UNTIL, "value": str(newest)},
+    )
 
 
 # ------------------------------------------------------------------------------ reading
@@ -317,20 +335,6 @@ def daily_series(connection: Connection, since: datetime) -> dict[str, list[tupl
     return {kind: sorted(days.items()) for kind, days in series.items()}
 
 
-def late_condition_sql() -> str:
-    """SQL on ``jobs``: the job is late at ``:now``."""
-    return f"due_at < :now AND status NOT IN ({sql_list(NEVER_LATE)})"
-
-
-def late_counts(connection: Connection, now: datetime) -> dict[str, int]:
-    """Late jobs per job type (from the partial index ``ix_jobs_due``)."""
-    rows = connection.execute(
-        text(f"SELECT job_type, count(*) FROM jobs WHERE {late_condition_sql()} GROUP BY job_type"),
-        {"now": _bind_time(connection, now)},
-    )
-    return {kind: int(n) for kind, n in rows}
-
-
 @dataclass(frozen=True)
 class StuckGroup:
     """Jobs of one type stuck in one status: how many, since when, and why."""
@@ -343,26 +347,38 @@ class StuckGroup:
     reason: str
 
 
-def stuck_groups(connection: Connection, now: datetime) -> list[StuckGroup]:
-    """Jobs whose status is older than its limit in :data:`STUCK_LIMITS`, per type and status."""
-    branches = []
-    params: dict[str, object] = {}
+def late_and_stuck(
+    connection: Connection, now: datetime
+) -> tuple[dict[str, int], list[StuckGroup]]:
+    """Late jobs per job type, and the jobs whose status is older than its limit in
+    :data:`STUCK_LIMITS` per type and status: one pass over the unfinished jobs (an index-only
+    scan of ``ix_jobs_unfinished`` on PostgreSQL)."""
+    branches, params = [], {"now": _bind_time(connection, now)}
     for index, (status, (limit, _reason)) in enumerate(STUCK_LIMITS.items()):
         params[f"before_{index}"] = _bind_time(connection, now - limit)
-        branches.append(f"(status = '{status.value}' AND status_changed_at < :before_{index})")
+        branches.append(f"WHEN '{status.value}' THEN :before_{index}")
+    stuck = f"status_changed_at < (CASE status {' '.join(branches)} END)"
     rows = connection.execute(
         text(
-            "SELECT job_type, status, count(*), min(status_changed_at) FROM jobs "
-            f"WHERE status IN ({sql_list(list(STUCK_LIMITS))}) AND ({' OR '.join(branches)}) "
-            "GROUP BY job_type, status"
+            "SELECT job_type, status, "
+            "SUM(CASE WHEN due_at < :now THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {stuck} THEN 1 ELSE 0 END), "
+            f"MIN(CASE WHEN {stuck} THEN status_changed_at END) "
+            f"FROM jobs WHERE status NOT IN ({sql_list(NEVER_LATE)}) GROUP BY job_type, status"
         ),
         params,
     )
+    late: dict[str, int] = {}
     groups = []
-    for kind, status, count, oldest in rows:
-        limit, reason = STUCK_LIMITS[Status(status)]
-        groups.append(StuckGroup(kind, status, int(count), _read_time(oldest), limit, reason))
-    return sorted(groups, key=lambda g: (g.job_type, Status(g.status).id))
+    for kind, status, late_jobs, stuck_jobs, oldest in rows:
+        if late_jobs:
+            late[kind] = late.get(kind, 0) + int(late_jobs)
+        if stuck_jobs:
+            limit, reason = STUCK_LIMITS[Status(status)]
+            groups.append(
+                StuckGroup(kind, status, int(stuck_jobs), _read_time(oldest), limit, reason)
+            )
+    return late, sorted(groups, key=lambda g: (g.job_type, Status(g.status).id))
 
 
 def _bind_time(connection: Connection, value: datetime) -> object:

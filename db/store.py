@@ -1094,15 +1094,15 @@ class JobStore:
         with self._transaction() as connection:
             return stats.daily_series(connection, since)
 
+    def late_and_stuck(self) -> tuple[dict[str, int], list[stats.StuckGroup]]:
+        """Now: late jobs per job type, and jobs whose status is older than its limit per job
+        type and status (one pass over the unfinished jobs)."""
+        with self._transaction() as connection:
+            return stats.late_and_stuck(connection, self.clock())
+
     def late_counts(self) -> dict[str, int]:
         """Late jobs per job type, now."""
-        with self._transaction() as connection:
-            return stats.late_counts(connection, self.clock())
-
-    def stuck_groups(self) -> list[stats.StuckGroup]:
-        """Jobs whose status is older than its limit, per job type and status, now."""
-        with self._transaction() as connection:
-            return stats.stuck_groups(connection, self.clock())
+        return self.late_and_stuck()[0]
 
     # ------------------------------------------------------------ expired jobs run again
 
@@ -1613,8 +1613,7 @@ RECONNECTING_METHODS = (
     "matching_ids",
     "finished_since",
     "daily_series",
-    "late_counts",
-    "stuck_groups",
+    "late_and_stuck",
 )
 for _name in RECONNECTING_METHODS:
     setattr(JobStore, _name, _reconnecting(getattr(JobStore, _name)))

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from db.overview import production_overview
 from db.records import JobFilter, NewJob
 from db.stats import bucket_of
 from db.statuses import HAPPY_PATH, Status
@@ -158,3 +159,24 @@ def test_bulk_retry_and_cancel_over_a_filter(timed_store: JobStore) -> None:
     assert timed_store.count_cancellable(JobFilter(job_type="ops")) == 5
     assert timed_store.cancel_many(JobFilter(statuses=(Status.INITIALIZED,))) == 2
     assert [j.status for j in timed_store.get_jobs(ids)] == ["ready"] * 3 + ["cancelled"] * 2
+
+
+def test_stuck_jobs_are_counted_with_their_reason_once_their_limit_passes(
+    timed_store: JobStore, clock: Clock
+) -> None:
+    ids = timed_store.insert_jobs([NewJob("ops", f"P{i}") for i in range(3)]).inserted_ids
+    _finish(timed_store, ids[:2], HAPPY_PATH[:3])  # two ready jobs, one initialized
+    assert timed_store.late_and_stuck() == ({}, [])
+    clock.now = START + timedelta(minutes=30)
+    [initialized] = timed_store.late_and_stuck()[1]  # its limit is 15 minutes
+    assert (initialized.status, initialized.jobs) == ("initialized", 1)
+    clock.now = START + timedelta(hours=1, seconds=1)
+    groups = {g.status: g for g in timed_store.late_and_stuck()[1]}
+    assert groups["ready"].jobs == 2
+    assert groups["ready"].oldest_change == START
+    assert "paused" in groups["ready"].reason
+    overview = production_overview(timed_store, {"ops": timedelta(hours=2)})
+    [ops] = overview.job_types
+    assert [(s.status.value, s.jobs) for s in ops.stuck] == [("initialized", 1), ("ready", 2)]
+    assert ops.by_phase == {"queued": 3}
+    assert ops.timeliness_24h.target_seconds == 7200
