@@ -351,33 +351,34 @@ def late_and_stuck(
     connection: Connection, now: datetime
 ) -> tuple[dict[str, int], list[StuckGroup]]:
     """Late jobs per job type, and the jobs whose status is older than its limit in
-    :data:`STUCK_LIMITS` per type and status: one pass over the unfinished jobs (an index-only
-    scan of ``ix_jobs_unfinished`` on PostgreSQL)."""
-    branches, params = [], {"now": _bind_time(connection, now)}
+    :data:`STUCK_LIMITS` per type and status. Both read only the unfinished jobs: on PostgreSQL
+    an index-only scan of ``ix_jobs_unfinished`` for the late ones, and one range of it per
+    status (joined to the limits) for the stuck ones."""
+    unfinished = f"status NOT IN ({sql_list(NEVER_LATE)})"
+    late_rows = connection.execute(
+        text(f"SELECT job_type, count(*) FROM jobs WHERE {unfinished} AND due_at < :now "
+             "GROUP BY job_type"),
+        {"now": _bind_time(connection, now)},
+    )  # fmt: skip
+    late = {kind: int(n) for kind, n in late_rows}
+    limits, params = [], {}
     for index, (status, (limit, _reason)) in enumerate(STUCK_LIMITS.items()):
         params[f"before_{index}"] = _bind_time(connection, now - limit)
-        branches.append(f"WHEN '{status.value}' THEN :before_{index}")
-    stuck = f"status_changed_at < (CASE status {' '.join(branches)} END)"
-    rows = connection.execute(
+        limits.append(f"('{status.value}', :before_{index})")
+    stuck_rows = connection.execute(
         text(
-            "SELECT job_type, status, "
-            "SUM(CASE WHEN due_at < :now THEN 1 ELSE 0 END), "
-            f"SUM(CASE WHEN {stuck} THEN 1 ELSE 0 END), "
-            f"MIN(CASE WHEN {stuck} THEN status_changed_at END) "
-            f"FROM jobs WHERE status NOT IN ({sql_list(NEVER_LATE)}) GROUP BY job_type, status"
+            f"WITH limits (status, changed_before) AS (VALUES {', '.join(limits)}) "
+            "SELECT j.job_type, j.status, count(*), min(j.status_changed_at) "
+            "FROM limits JOIN jobs j ON j.status = limits.status "
+            "AND j.status_changed_at < limits.changed_before "
+            f"WHERE j.{unfinished} GROUP BY j.job_type, j.status"
         ),
         params,
     )
-    late: dict[str, int] = {}
     groups = []
-    for kind, status, late_jobs, stuck_jobs, oldest in rows:
-        if late_jobs:
-            late[kind] = late.get(kind, 0) + int(late_jobs)
-        if stuck_jobs:
-            limit, reason = STUCK_LIMITS[Status(status)]
-            groups.append(
-                StuckGroup(kind, status, int(stuck_jobs), _read_time(oldest), limit, reason)
-            )
+    for kind, status, count, oldest in stuck_rows:
+        limit, reason = STUCK_LIMITS[Status(status)]
+        groups.append(StuckGroup(kind, status, int(count), _read_time(oldest), limit, reason))
     return late, sorted(groups, key=lambda g: (g.job_type, Status(g.status).id))
 
 
