@@ -13,7 +13,15 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
 from db.models import Job, JobMetadata, JobStatusChange
 from db.notify import StatusEvent
@@ -509,8 +517,8 @@ class BulkRequest(ApiModel):
     tile_id: name_field(64) | None = None
     created_after: UtcDatetime | None = None
     created_before: UtcDatetime | None = None
-    late: bool | None = Field(None, description="true: only late jobs.")
-    dry_run: bool = Field(False, description="Only count the jobs the action would change.")
+    late: StrictBool | None = Field(None, description="true: only late jobs.")
+    dry_run: StrictBool = Field(False, description="Only count the jobs the action would change.")
     message: text_field(2000) | None = None
 
     @model_validator(mode="after")

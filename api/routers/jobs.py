@@ -6,12 +6,12 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from api.deps import JobIdPath, KeyPath, LiveDep, SettingsDep, StoreDep
-from api.errors import ERROR_RESPONSES
+from api.errors import ERROR_RESPONSES, OnlyAllowed
 from api.schemas import (
     INT64_MAX,
     METADATA_KEY_PATTERN,
@@ -196,6 +196,17 @@ def bulk_filter(body: BulkRequest, settings: Settings) -> JobFilter | None:
         created_before=body.created_before,
         late_at=utcnow() if body.late else None,
     )
+
+
+NOT_POST = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@router.api_route("/retry", methods=NOT_POST, include_in_schema=False)
+@router.api_route("/cancel", methods=NOT_POST, include_in_schema=False)
+def bulk_method_not_allowed(request: Request) -> None:
+    """405 (``Allow: POST``) for the bulk actions' other methods, which ``/jobs/{job_id}`` would
+    otherwise take for a job id."""
+    raise OnlyAllowed(request.method, ["POST"])
 
 
 @router.post("/retry")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from pydantic import AfterValidator
 from starlette.exceptions import HTTPException
 
 from api.deps import SettingsDep, StoreDep
 from api.errors import ERROR_RESPONSES
 from api.routers.jobs import stored_job_type
-from api.schemas import NAME_PATTERN, PauseCreate, _name
+from api.schemas import NAME_PATTERN, ErrorBody, PauseCreate, _name
 from db.overview import Overview, PauseOut, production_overview
 from db.pauses import PauseKind
 from jobline.settings import Settings
@@ -19,19 +19,17 @@ from jobtypes.registry import timeliness_targets
 
 router = APIRouter(tags=["operations"], responses=ERROR_RESPONSES)
 
+#: Days of the daily series in ``GET /stats`` (the console's chart).
+STATS_DAYS = 7
+
 
 @router.get("/stats")
-def get_stats(
-    store: StoreDep,
-    settings: SettingsDep,
-    days: Annotated[
-        int, Query(ge=0, le=31, description="Add a daily series of this many days.")
-    ] = 0,
-) -> Overview:
+def get_stats(store: StoreDep, settings: SettingsDep) -> Overview:
     """Per job type: jobs by phase and status, late and stuck jobs, throughput in the last hour
-    and day, and timeliness (p50, p95, max latency over 24 h) against the target."""
+    and day, timeliness (p50, p95, max latency over 24 h) against the target, and the last 7
+    days (the console's overview)."""
     targets, queues = timeliness_targets(settings)
-    return production_overview(store, targets, queues, days=days)
+    return production_overview(store, targets, queues, days=STATS_DAYS)
 
 
 @router.get("/pauses")
@@ -70,7 +68,11 @@ def pause(
     return PauseOut(kind=p.kind, name=p.name, reason=p.reason, paused_at=p.paused_at)
 
 
-@router.delete("/pauses/{kind}/{name}", status_code=204)
+@router.delete(
+    "/pauses/{kind}/{name}",
+    status_code=204,
+    responses={404: {"model": ErrorBody, "description": "It was not paused."}},
+)
 def resume(kind: PauseKind, name: PauseName, store: StoreDep, settings: SettingsDep) -> None:
     """Resume a paused job type or queue (404 when it was not paused)."""
     if not store.resume(kind, _stored_name(kind, name, settings)):

@@ -47,7 +47,7 @@ def test_stats_and_the_late_filter(client: httpx.Client, pg_store: JobStore) -> 
     pg_store.cancel(late[0])
     page = client.get("/jobs", params={"late": "true"}).json()
     assert [job["id"] for job in page["jobs"]] == late[1:]
-    assert client.get("/stats", params={"days": 32}).status_code == 422
+    assert [day["day"] for day in snow["days"]] == []  # nothing finished yet
 
 
 def test_bulk_retry_and_cancel_with_a_dry_run_first(
