@@ -38,6 +38,8 @@ BUFFERED = 10_000
 IDLE_RECHECK = 15.0
 #: Seconds before reading again after a failed read (the database is away).
 RETRY_AFTER_FAILURE = 1.0
+#: How long stopping waits for a read in flight.
+STOP_TIMEOUT = 10.0
 #: Shortest time between two reads: changes that come faster reach the streams together, one
 #: read and one write per stream for the lot (a change after a quiet spell is read at once).
 MIN_READ_INTERVAL = 0.05
@@ -114,7 +116,13 @@ class LiveFeed:
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self._reader is not None:
-            self._reader.shutdown(wait=False, cancel_futures=True)
+            # A read in flight still holds a pooled connection: let it end before the caller
+            # disposes of the engine (bounded, the database may be away).
+            reader, self._reader = self._reader, None
+            reader.shutdown(wait=False, cancel_futures=True)
+            done = asyncio.get_running_loop().run_in_executor(None, reader.shutdown, True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, STOP_TIMEOUT)
 
     def subscribe(
         self, after: int | None = None, *, job_id: int | None = None, job_type: str | None = None
