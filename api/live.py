@@ -38,6 +38,8 @@ BUFFERED = 10_000
 IDLE_RECHECK = 15.0
 #: Seconds before reading again after a failed read (the database is away).
 RETRY_AFTER_FAILURE = 1.0
+#: How long stopping waits for a read in flight.
+STOP_TIMEOUT = 10.0
 #: Shortest time between two reads: changes that come faster reach the streams together, one
 #: read and one write per stream for the lot (a change after a quiet spell is read at once).
 MIN_READ_INTERVAL = 0.05
@@ -109,12 +111,19 @@ class LiveFeed:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a server's shutdown must not hang on its feed.
+            await asyncio.wait({self._task}, timeout=STOP_TIMEOUT)
+            if not self._task.done():
+                log.warning("live status: the feed did not stop within %.0f s", STOP_TIMEOUT)
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self._reader is not None:
-            self._reader.shutdown(wait=False, cancel_futures=True)
+            # A read in flight still holds a pooled connection: let it end before the caller
+            # disposes of the engine (bounded, the database may be away).
+            reader, self._reader = self._reader, None
+            reader.shutdown(wait=False, cancel_futures=True)
+            done = asyncio.get_running_loop().run_in_executor(None, reader.shutdown, True)
+            await asyncio.wait({done}, timeout=STOP_TIMEOUT)
 
     def subscribe(
         self, after: int | None = None, *, job_id: int | None = None, job_type: str | None = None
@@ -145,9 +154,7 @@ class LiveFeed:
             feed = self._feed
             assert feed is not None
             timeout = feed.gap_retry if feed.waiting_on_gap else self.idle_recheck
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
+            if not await _wait(self._wake, timeout):
                 self._suspect_reset = not feed.waiting_on_gap
             pause = self._last_read + self.min_read_interval - loop.time()
             if pause > 0:
@@ -259,9 +266,7 @@ class Subscription:
         deadline = loop.time() + max(0.0, timeout)
         while self.position is None:  # the live feed has not started: wait until it has
             self._event.clear()
-            try:
-                await asyncio.wait_for(self._event.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
+            if not await _wait(self._event, deadline - loop.time()):
                 return []
         while True:
             if self.position < self.live.base:
@@ -281,9 +286,7 @@ class Subscription:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
-            try:
-                await asyncio.wait_for(self._event.wait(), remaining)
-            except TimeoutError:
+            if not await _wait(self._event, remaining):
                 return []
 
     def _from_buffer(self) -> list[StatusEvent]:
@@ -326,3 +329,17 @@ def _call_soon(
     # The loop may be closing while the hub's thread still publishes.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(call, notice)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set (True) or ``timeout`` seconds pass (False).
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that arrives as the
+    event is set, and a feed being stopped would then run on (and its server hang on shutdown).
+    """
+    try:
+        async with asyncio.timeout(max(0.0, timeout)):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import typer
-import uvicorn
 from rich.console import Console
 
-from api.app import create_app
-from api.auth import check_serving
 from jobline.exceptions import ConfigurationError
 from jobline.settings import get_settings
 
@@ -24,6 +21,12 @@ def serve_api(
 ) -> None:
     """Serve the REST API (OpenAPI document at /docs). Needs JOBLINE_API_TOKEN unless --no-auth;
     on an address that is not loopback, a token of at least 32 characters."""
+    # The web stack loads only for this command: every other one starts in a fraction of it.
+    import uvicorn
+
+    from api.app import create_app
+    from api.auth import check_serving
+
     settings = get_settings()
     try:
         check_serving(settings, host, require_auth=not no_auth)

@@ -167,6 +167,8 @@ class NoticeHub:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the %s listener thread did not stop within %.0f s", CHANNEL, timeout)
             self._thread = None
 
     def subscribe(self, callback: Callable[[Notice], None]) -> Callable[[], None]:

@@ -75,21 +75,29 @@ def pg_settings(pg_database_url: str, tmp_path: Path) -> Settings:
     """Settings on the session's PostgreSQL database, emptied before the test."""
     settings = Settings(database_url=pg_database_url, data_dir=tmp_path / "data")
     engine = create_engine(settings.resolved_database_url)
-    with engine.begin() as connection:
-        tables = ", ".join(
-            f'"{settings.db_schema}".{table}'
-            for table in (
-                "jobs",
-                "job_status_changes",
-                "job_metadata",
-                "meta",
-                "job_stats",
-                "pauses",
-            )
-        )
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    tables = ", ".join(
+        f'"{settings.db_schema}".{table}'
+        for table in ("jobs", "job_status_changes", "job_metadata", "meta", "job_stats", "pauses")
+    )
+    try:
+        with engine.begin() as connection:
+            # A connection left in a transaction by an earlier test would make TRUNCATE wait
+            # for ever: fail within seconds instead, naming who holds it.
+            connection.execute(text("SET LOCAL lock_timeout = '20s'"))
+            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    except OperationalError as error:
+        with engine.connect() as connection:
+            holders = connection.execute(_OTHER_SESSIONS).all()
+        pytest.fail(f"cannot empty the test database: {error.orig}; other sessions: {holders}")
+    finally:
+        engine.dispose()
     return settings
+
+
+_OTHER_SESSIONS = text(
+    "SELECT pid, application_name, state, now() - xact_start AS in_transaction, query "
+    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
 
 
 @pytest.fixture

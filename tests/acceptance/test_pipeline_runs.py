@@ -4,6 +4,7 @@ progress artifact ending at 100, and listed objects the parser cannot read skipp
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
@@ -126,17 +127,27 @@ def test_task_runs_are_named_and_tagged_per_job_and_progress_ends_at_100(
 
     store = JobStore.from_settings(settings)
     jobs = jobs_by_product(store, job_type)
+    expected = {
+        f"{step} {job.id} {job.tile_id} {product}"
+        for product, job in jobs.items()
+        for step in ("pre-process", "run-container", "post-process", "publish")
+    }
+    runs_of_the_flow = FlowRunFilter(id={"any_": [flow_run_id]})
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}), limit=200
-        )
-        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
-    by_name = {run.name: run for run in task_runs}
-    for product, job in jobs.items():
-        for step in ("pre-process", "run-container", "post-process", "publish"):
-            name = f"{step} {job.id} {job.tile_id} {product}"
-            assert name in by_name, f"no task run {name!r} in {sorted(by_name)}"
-            assert set(by_name[name].tags) >= {"job_type:tiled", f"tile:{job.tile_id}"}
+        # A task run is created under a default name and renamed as it runs; the server
+        # records the new name from the run's events, a moment later.
+        deadline = time.monotonic() + 30
+        while True:
+            task_runs = client.read_task_runs(flow_run_filter=runs_of_the_flow, limit=200)
+            by_name = {run.name: run for run in task_runs}
+            if expected <= set(by_name) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        artifacts = client.read_artifacts(flow_run_filter=runs_of_the_flow)
+    for name in sorted(expected):
+        assert name in by_name, f"no task run {name!r} in {sorted(by_name)}"
+        tile = name.split(" ")[2]
+        assert set(by_name[name].tags) >= {"job_type:tiled", f"tile:{tile}"}
     # One task run per step and job, and the steps of a job linked in the UI's graph.
     steps = [run for run in task_runs if run.name.split(" ")[0] == "run-container"]
     assert len(steps) == len(jobs) == 3
