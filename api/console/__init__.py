@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
@@ -225,9 +226,10 @@ async def pause_or_resume(request: Request) -> Response:
         name = stored_job_type(name, _settings(request)) or name
     store = _store(request)
     if _one(form, "action") == "resume":
-        store.resume(kind, name)  # type: ignore[arg-type]
+        await run_in_threadpool(store.resume, kind, name)  # type: ignore[arg-type]
     else:
-        store.pause(kind, name, reason=_one(form, "reason").strip()[:2000] or None)  # type: ignore[arg-type]
+        reason = _one(form, "reason").strip()[:2000] or None
+        await run_in_threadpool(store.pause, kind, name, reason=reason)  # type: ignore[arg-type]
     return RedirectResponse("/ui", 303)
 
 
@@ -356,9 +358,9 @@ async def bulk_action(request: Request) -> Response:
         if filters is None:
             count = 0
         elif action == "retry":
-            count = store.count_retryable(filters)
+            count = await run_in_threadpool(store.count_retryable, filters)
         else:
-            count = store.count_cancellable(filters)
+            count = await run_in_threadpool(store.count_cancellable, filters)
         return _render(
             request,
             "confirm.html",
@@ -371,9 +373,13 @@ async def bulk_action(request: Request) -> Response:
     if filters is None:
         changed = 0
     elif action == "retry":
-        changed = store.retry_many(filters, message="retried by an operator (console)")
+        changed = await run_in_threadpool(
+            store.retry_many, filters, message="retried by an operator (console)"
+        )
     else:
-        changed = store.cancel_many(filters, message="cancelled by an operator (console)")
+        changed = await run_in_threadpool(
+            store.cancel_many, filters, message="cancelled by an operator (console)"
+        )
     verb = "retried" if action == "retry" else "cancelled"
     return RedirectResponse(f"/ui/jobs?{_query(shown, flash=f'{changed} jobs {verb}')}", 303)
 
@@ -425,14 +431,17 @@ async def job_action(request: Request, job_id: int) -> Response:
     store = _store(request)
     try:
         if action == "retry":
-            store.retry(job_id, message="retried by an operator (console)")
+            await run_in_threadpool(store.retry, job_id, message="retried by an operator (console)")
         elif action == "cancel":
-            store.cancel(job_id, message="cancelled by an operator (console)")
+            await run_in_threadpool(
+                store.cancel, job_id, message="cancelled by an operator (console)"
+            )
         elif action == "note":
             note = _one(form, "note").strip()
             if not note or len(note) > 4000:
                 raise ValueError("note: must have 1 to 4000 characters")
-            store.add_note(job_id, note, author=_one(form, "author").strip()[:200] or None)
+            author = _one(form, "author").strip()[:200] or None
+            await run_in_threadpool(store.add_note, job_id, note, author=author)
         else:
             raise ValueError("action: unknown")
     except (JoblineError, ValueError, ValidationError) as error:
