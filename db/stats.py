@@ -25,7 +25,7 @@ from db.models import NEVER_LATE, UtcDateTime, sql_list
 from db.statuses import Status
 
 #: Upper edges (seconds) of the latency buckets: bucket ``b`` holds latencies in
-#: ``[BUCKET_EDGES[b - 1], BUCKET_EDGES[b])`` (bucket 0: below 1 s; the last: 40 days and more).
+#: ``[BUCKET_EDGES[b - 1], BUCKET_EDGES[b])`` (bucket 0: below 1 s; the last: 56 days and more).
 BUCKET_EDGES: tuple[float, ...] = tuple(round(1.25**i, 3) for i in range(0, 70))
 
 #: A job in one of these statuses for longer than the limit is stuck, for the reason given.
