@@ -5,17 +5,21 @@ Serve it with ``jobline api``, or ``uvicorn --factory api.app:app_from_environme
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 import jobline
-from api.auth import AuthDep, LoopbackHostOnly, check_serving
+from api import console
+from api.auth import AuthDep, LoopbackHostOnly, TokenOrSessionDep, check_serving
 from api.errors import BodySizeLimit, install_error_handlers
 from api.live import LiveFeed
-from api.routers import events, health, jobs
+from api.routers import events, health, jobs, operations
+from api.timing import ServerTiming
 from db.notify import NoticeHub
 from db.store import JobStore
 from jobline.exceptions import ConfigurationError
@@ -73,14 +77,22 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.console_key = secrets.token_bytes(32)  # signs sessions of a server without token
+    app.state.require_auth = require_auth
     install_error_handlers(app)
+    app.add_exception_handler(console.Refused, console.refused_handler)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(ServerTiming)
     if not require_auth:
         app.add_middleware(LoopbackHostOnly)  # outermost: before anything else is read
     guarded = [AuthDep] if require_auth else []
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=guarded)
-    app.include_router(events.router, dependencies=guarded)
+    # The console's live updates read /events with its session cookie.
+    app.include_router(events.router, dependencies=[TokenOrSessionDep] if require_auth else [])
+    app.include_router(operations.router, dependencies=guarded)
+    app.include_router(console.router)
+    app.mount("/ui/static", StaticFiles(directory=console.STATIC), name="console-static")
     _document_registered_job_types(app, settings)
     return app
 

@@ -73,6 +73,53 @@ async def require_token(
 AuthDep = Depends(require_token)
 
 
+# ------------------------------------------------------------------ the console's cookie
+
+#: The console's session cookie: ``<session id>.<signature>``, HttpOnly, SameSite=Strict.
+SESSION_COOKIE = "jobline_session"
+
+
+def _signing_key(settings: Settings, fallback: bytes) -> bytes:
+    """Sessions are signed with a key derived from the API token (a new token ends every
+    session); a server without a token signs with a key of its own process."""
+    token = settings.api_token
+    if token is None:
+        return fallback
+    return hashlib.sha256(b"jobline-console:" + token.get_secret_value().encode()).digest()
+
+
+def sign(settings: Settings, fallback: bytes, purpose: str, session_id: str) -> str:
+    """An HMAC of ``purpose:session_id`` under the console's key (hex)."""
+    key = _signing_key(settings, fallback)
+    return hmac.new(key, f"{purpose}:{session_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_id_of(request: Request) -> str | None:
+    """The id of the request's console session, if its cookie carries a valid signature."""
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    session_id, _, signature = cookie.partition(".")
+    if not session_id or not signature:
+        return None
+    expected = sign(
+        request.app.state.settings, request.app.state.console_key, "session", session_id
+    )
+    return session_id if hmac.compare_digest(signature, expected) else None
+
+
+async def require_token_or_session(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """The bearer token, or the console's session cookie (a browser's EventSource cannot send
+    a header); 401 otherwise."""
+    if session_id_of(request) is not None:
+        return
+    await require_token(request, credentials)
+
+
+TokenOrSessionDep = Depends(require_token_or_session)
+
+
 # ------------------------------------------------------------------------------ start-up
 
 

@@ -122,10 +122,23 @@ def _describe(item: dict[str, Any]) -> FieldError:
     return field_error(".".join(names) or where, message)
 
 
+class OnlyAllowed(HTTPException):
+    """A 405 whose route states its ``Allow`` itself (a literal path that a parameter route
+    would otherwise also match, such as ``/jobs/retry`` and ``/jobs/{job_id}``)."""
+
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        allow = ", ".join(allowed)
+        super().__init__(
+            405,
+            f"method: {method} is not allowed here; allowed are {allow}",
+            headers={"Allow": allow},
+        )
+
+
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     detail = str(error.detail)
     headers = dict(getattr(error, "headers", None) or {})
-    if error.status_code == 405:
+    if error.status_code == 405 and not isinstance(error, OnlyAllowed):
         allowed = _allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)
         detail = f"method: {request.method} is not allowed here; allowed are {headers['Allow']}"

@@ -13,7 +13,15 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
 from db.models import Job, JobMetadata, JobStatusChange
 from db.notify import StatusEvent
@@ -396,11 +404,29 @@ class JobOut(BaseModel):
     lease_expires_at: datetime | None
     flow_run_id: str | None
     task_run_id: str | None
+    due_at: datetime | None = Field(
+        description="When the job becomes late (its job type's timeliness target)."
+    )
+    late: bool = Field(description="Past its due time and not done (nor expired or cancelled).")
+    sensing_time: datetime | None
+    latency_seconds: float | None = Field(
+        description="A done job's latency: input publication to output publication."
+    )
+    sensing_latency_seconds: float | None
 
     @classmethod
-    def from_job(cls, job: Job) -> JobOut:
+    def from_job(cls, job: Job, now: datetime | None = None) -> JobOut:
         status = Status(job.status)
+        latency = job.latency
+        sensing_latency = job.sensing_latency
         return cls(
+            due_at=job.due_at,
+            late=job.is_late(now or datetime.now(UTC)),
+            sensing_time=job.sensing_time,
+            latency_seconds=latency.total_seconds() if latency is not None else None,
+            sensing_latency_seconds=(
+                sensing_latency.total_seconds() if sensing_latency is not None else None
+            ),
             id=job.id,
             key=job.job_key.hex(),
             job_type=job.job_type,
@@ -453,9 +479,11 @@ class JobPage(BaseModel):
 
 
 class HistoryEntry(BaseModel):
-    """One status change of a job."""
+    """One status change of a job, or an operator's note (``kind`` ``note``: from and to the
+    status the job was in)."""
 
     id: int
+    kind: Literal["status", "note"] = "status"
     job_id: int
     from_status: Status | None
     to_status: Status
@@ -471,6 +499,48 @@ class HistoryEntry(BaseModel):
     @classmethod
     def from_change(cls, change: JobStatusChange) -> HistoryEntry:
         return cls.model_validate(change, from_attributes=True)
+
+
+class NoteCreate(ApiModel):
+    """An operator's note on a job, kept in its history."""
+
+    note: text_field(4000) = Field(min_length=1)
+    author: name_field(200) | None = None
+
+
+class BulkRequest(ApiModel):
+    """A bulk retry or cancel: the jobs of a filter (at least one filter)."""
+
+    status: list[Status] | None = Field(None, max_length=len(Status))
+    phase: Phase | None = None
+    job_type: name_field(200) | None = None
+    tile_id: name_field(64) | None = None
+    created_after: UtcDatetime | None = None
+    created_before: UtcDatetime | None = None
+    late: StrictBool | None = Field(None, description="true: only late jobs.")
+    dry_run: StrictBool = Field(False, description="Only count the jobs the action would change.")
+    message: text_field(2000) | None = None
+
+    @model_validator(mode="after")
+    def _some_filter(self) -> BulkRequest:
+        fields = ("status", "phase", "job_type", "tile_id", "created_after", "created_before")
+        if all(getattr(self, name) is None for name in fields) and not self.late:
+            raise ValueError(
+                "filter: name at least one filter (status, phase, job_type, tile_id, "
+                "created_after, created_before, late)"
+            )
+        return self
+
+
+class BulkOut(BaseModel):
+    """What a bulk action changed (or, on a dry run, would change)."""
+
+    dry_run: bool
+    jobs: int = Field(description="Jobs changed, or that a dry run would change.")
+
+
+class PauseCreate(ApiModel):
+    reason: text_field(2000) | None = None
 
 
 class WaitResult(BaseModel):

@@ -91,6 +91,9 @@ def list_jobs(
         datetime | None, typer.Option(help="Created at or after (UTC).")
     ] = None,
     created_before: Annotated[datetime | None, typer.Option(help="Created before (UTC).")] = None,
+    late: Annotated[
+        bool, typer.Option("--late", help="Only late jobs (past their due time, not done).")
+    ] = False,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Jobs per page.")] = 50,
     cursor: Annotated[int | None, typer.Option(min=0, help="Next page after this id.")] = None,
     as_json: JsonOpt = False,
@@ -112,6 +115,7 @@ def list_jobs(
         tile_id=tile,
         created_after=_aware(created_after),
         created_before=_aware(created_before),
+        late_at=datetime.now(UTC) if late else None,
     )
     page = _store().list_jobs(filters, after=cursor, limit=limit)
     result = JobPage(jobs=[JobOut.from_job(job) for job in page.jobs], next_cursor=page.next_cursor)
@@ -134,7 +138,7 @@ def _show_page(page: JobPage, as_json: bool) -> None:
             job.job_type.rsplit(":", 1)[-1],
             job.product_id,
             job.tile_id or "",
-            _styled(job.status),
+            _styled(job.status) + (" [bold red]late[/]" if job.late else ""),
             f"{job.attempts}/{job.max_attempts}",
             _when(job.status_changed_at),
         )

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli import api_cmd, maintenance_cmd, pipeline_cmds
+from cli import api_cmd, maintenance_cmd, pipeline_cmds, status_cmd
 from cli.amqp_cmd import amqp_app
 from cli.jobs import jobs_app
 from db.engine import make_engine
@@ -35,6 +35,7 @@ app.command("run")(pipeline_cmds.run)
 app.add_typer(jobs_app, name="jobs")
 app.command("api")(api_cmd.serve_api)
 app.command("maintenance")(maintenance_cmd.maintenance)
+app.command("status")(status_cmd.status)
 app.add_typer(amqp_app, name="amqp")
 console = Console()
 errors = Console(stderr=True)

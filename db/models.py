@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -69,6 +70,10 @@ class UtcDateTime(TypeDecorator[datetime]):
 #: Predicates of the partial indexes on ``jobs``.
 READY_ONLY = "status = 'ready'"
 LEASED_ONLY = "lease_expires_at IS NOT NULL"
+#: Statuses after which a job is never late: it delivered (done, expired) or was given up.
+NEVER_LATE: frozenset[Status] = frozenset({Status.DONE, Status.EXPIRED, Status.CANCELLED})
+#: Predicate of ``ix_jobs_unfinished``: jobs that can still be late or stuck.
+UNFINISHED = "status NOT IN ('" + "', '".join(sorted(s.value for s in NEVER_LATE)) + "')"
 
 
 def sql_list(values: set[Status] | frozenset[Status] | list[Status]) -> str:
@@ -122,6 +127,10 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Timeliness (migration 0008): when the job becomes late (its input's publication, or its
+    # creation, plus its job type's target; None: no target), and the input's sensing time.
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    sensing_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         CheckConstraint(f"status IN ({sql_list(list(Status))})", name="status_known"),
@@ -142,11 +151,43 @@ class Job(Base):
             postgresql_where=text(LEASED_ONLY),
             sqlite_where=text(LEASED_ONLY),
         ),
+        # Only the jobs that can still be late or stuck (migration 0008), with what the
+        # overview counts of them: on PostgreSQL one index-only scan answers both.
+        Index(
+            "ix_jobs_unfinished",
+            "status",
+            "status_changed_at",
+            postgresql_include=["job_type", "due_at"],
+            postgresql_where=text(UNFINISHED),
+            sqlite_where=text(UNFINISHED),
+        ),
     )
 
     @property
     def key_hex(self) -> str:
         return self.job_key.hex()
+
+    def is_late(self, now: datetime) -> bool:
+        """Past its due time and not done (nor expired or cancelled): derived, never stored."""
+        return (
+            self.due_at is not None and self.due_at < now and Status(self.status) not in NEVER_LATE
+        )
+
+    @property
+    def latency(self) -> timedelta | None:
+        """A done job's latency: input publication (else creation) to output publication (else
+        the job's end), as ``job_stats`` counts it; None for a job not done."""
+        if self.status not in (Status.DONE.value, Status.EXPIRED.value) or self.finished_at is None:
+            return None
+        start = self.input_publication_date or self.created_at
+        return (self.output_publication_date or self.finished_at) - start
+
+    @property
+    def sensing_latency(self) -> timedelta | None:
+        """A done job's latency from its input's sensing time, when known."""
+        if self.latency is None or self.sensing_time is None:
+            return None
+        return (self.output_publication_date or self.finished_at) - self.sensing_time  # type: ignore[operator]
 
 
 # Only ready jobs, in claim order: a transition elsewhere adds no entry (migration 0004).
@@ -192,6 +233,9 @@ class JobStatusChange(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     task_run_id: Mapped[str | None] = mapped_column(String(64))
+    # 'status' (written by the trigger) or 'note' (an operator's note: from = to = the status
+    # the job was in; migration 0008).
+    kind: Mapped[str] = mapped_column(String(16), server_default=text("'status'"))
 
     __table_args__ = (Index("ix_job_status_changes_job_id_id", "job_id", "id"),)
 
@@ -249,3 +293,41 @@ class Publication(Base):
         Index("ix_publications_status_id", "status", "id"),
         Index("ix_publications_job_id", "job_id"),
     )
+
+
+class JobStat(Base):
+    """Changes of the per job type and hour figures of finished jobs, appended by triggers on
+    ``jobs`` (migration 0008, :mod:`db.stats`) like ``job_counts``: the figures are the sums
+    (min and max the extremes) over the rows of a (job type, hour); a row with a
+    ``latency_bucket`` counts done jobs whose latency fell in that bucket of
+    :data:`db.stats.BUCKET_EDGES`, so percentiles come from a few rows, not from the jobs."""
+
+    __tablename__ = "job_stats"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_type: Mapped[str] = mapped_column(String(200))
+    hour: Mapped[datetime] = mapped_column(UtcDateTime)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    cancelled: Mapped[int] = mapped_column(BigInteger, default=0)
+    done_late: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_bucket: Mapped[int | None] = mapped_column(Integer)
+    latency_sum: Mapped[float | None] = mapped_column(Float)
+    latency_min: Mapped[float | None] = mapped_column(Float)
+    latency_max: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_job_stats_hour", "hour"),)
+
+
+class Pause(Base):
+    """A paused job type or queue: its ready jobs are neither claimed nor launched
+    (:func:`db.pauses.not_paused`)."""
+
+    __tablename__ = "pauses"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    paused_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (CheckConstraint("kind IN ('job_type', 'queue')", name="kind_known"),)

@@ -83,6 +83,8 @@ COPY_COLUMNS = (
     ("created_at", "timestamptz"),
     ("last_accessed_at", "timestamptz"),
     ("finished_at", "timestamptz"),
+    ("due_at", "timestamptz"),
+    ("sensing_time", "timestamptz"),
 )
 
 
@@ -106,13 +108,14 @@ INSERT INTO jobs (
     job_key, job_type, queue, priority, product_id, tile_id, input_path,
     input_publication_date, config, input_files, status, status_message, max_attempts,
     output_files, status_seq, status_changed_at, flow_run_id, task_run_id, attempts,
-    created_at, last_accessed_at, finished_at)
+    created_at, last_accessed_at, finished_at, due_at, sensing_time)
 SELECT
     r.job_key, r.job_type, r.queue, r.priority, r.product_id, r.tile_id, r.input_path,
     r.input_publication_date, r.config::jsonb, r.input_files::jsonb, r.status, r.status_message,
     r.max_attempts, '[]'::jsonb, 1, %(now)b, %(flow_run_id)b, %(task_run_id)b, 0, %(now)b,
     %(now)b,
-    CASE WHEN r.status IN ({sql_list(TERMINAL)}) THEN CAST(%(now)b AS timestamptz) END
+    CASE WHEN r.status IN ({sql_list(TERMINAL)}) THEN CAST(%(now)b AS timestamptz) END,
+    r.due_at, r.sensing_time
 FROM ROWS FROM (
     unnest(CAST(%(job_key)b AS bytea[])), unnest(CAST(%(job_type)b AS text[])),
     unnest(CAST(%(queue)b AS text[])), unnest(CAST(%(priority)b AS integer[])),
@@ -122,10 +125,12 @@ FROM ROWS FROM (
     json_array_elements(CAST(%(config)b AS json)),
     json_array_elements(CAST(%(input_files)b AS json)),
     unnest(CAST(%(status)b AS text[])), unnest(CAST(%(status_message)b AS text[])),
-    unnest(CAST(%(max_attempts)b AS integer[]))
+    unnest(CAST(%(max_attempts)b AS integer[])),
+    unnest(CAST(%(due_at)b AS timestamptz[])), unnest(CAST(%(sensing_time)b AS timestamptz[]))
 ) AS r(
     job_key, job_type, queue, priority, product_id, tile_id, input_path,
-    input_publication_date, config, input_files, status, status_message, max_attempts)
+    input_publication_date, config, input_files, status, status_message, max_attempts,
+    due_at, sensing_time)
 ON CONFLICT (job_key) DO NOTHING
 RETURNING id, job_key
 """
@@ -141,6 +146,9 @@ def insert_new_jobs(
         if job.input_publication_date is not None:
             # UtcDateTime's check: these rows bypass SQLAlchemy's bind processing.
             require_aware(job.input_publication_date, "input_publication_date")
+        for name in ("due_at", "sensing_time"):
+            if getattr(job, name) is not None:
+                require_aware(getattr(job, name), name)
     if len(fresh) > BIG_BATCH:
         # The history trigger's transition tables stay in memory.
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
@@ -192,7 +200,8 @@ def copy_row(job_id: int, key: bytes, job: NewJob, now: datetime, run: RunIds) -
         job_id, key, job.job_type, job.queue, job.priority, job.product_id, job.tile_id,
         job.input_path, job.input_publication_date, job.config, job.input_files, [],
         job.status.value, 1, now, job.message, run.flow_run_id, run.task_run_id, 0,
-        job.max_attempts, now, now, now if job.status in TERMINAL else None,
+        job.max_attempts, now, now, now if job.status in TERMINAL else None, job.due_at,
+        job.sensing_time,
     )  # fmt: skip
 
 
@@ -226,6 +235,8 @@ def _insert_arrays(chunk: Sequence[tuple[bytes, NewJob]]) -> dict[str, Any]:
         "status": [job.status.value for job in jobs],
         "status_message": [job.message for job in jobs],
         "max_attempts": [job.max_attempts for job in jobs],
+        "due_at": [job.due_at for job in jobs],
+        "sensing_time": [job.sensing_time for job in jobs],
     }
 
 

@@ -54,6 +54,10 @@ class NewJob:
     status: Status = Status.INITIALIZED
     message: str | None = None
     job_key: bytes | None = None
+    #: When the job becomes late (None: its job type has no timeliness target).
+    due_at: datetime | None = None
+    #: When the input product was sensed, if its job type can tell.
+    sensing_time: datetime | None = None
 
     @property
     def key(self) -> bytes:
@@ -101,6 +105,8 @@ class JobFilter:
     created_before: datetime | None = None
     input_date_from: datetime | None = None
     input_date_until: datetime | None = None
+    #: Only jobs late at this time (past their due time and not done, expired or cancelled).
+    late_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

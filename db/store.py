@@ -28,6 +28,7 @@ from sqlalchemy import (
     Select,
     String,
     Update,
+    and_,
     any_,
     bindparam,
     cast,
@@ -54,10 +55,20 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import instance_state
 
-from db import rekey
+from db import rekey, stats
 from db.engine import make_engine
 from db.guard import ILLEGAL_TRANSITION_MARKER
-from db.models import Job, JobCount, JobMetadata, JobStatusChange, Meta, UtcDateTime
+from db.models import (
+    NEVER_LATE,
+    Job,
+    JobCount,
+    JobMetadata,
+    JobStatusChange,
+    Meta,
+    Pause,
+    UtcDateTime,
+)
+from db.pauses import PauseKind, check_kind, not_paused
 from db.pg_insert import ARRAY_CHUNK, insert_new_jobs
 from db.records import (
     BatchResult,
@@ -69,7 +80,7 @@ from db.records import (
     Page,
     RunIds,
 )
-from db.statuses import INITIAL, LEASED, TERMINAL, Status, is_legal
+from db.statuses import INITIAL, LEASED, TERMINAL, TRANSITIONS, Status, is_legal
 from jobline.exceptions import (
     IllegalTransition,
     JobNotFound,
@@ -106,6 +117,14 @@ TRANSITION_FIELDS = frozenset(
         "retry_at",
         "max_attempts",
     }
+)
+
+
+#: Statuses a job may be cancelled from (by an operator's bulk cancel).
+CANCELLABLE: tuple[Status, ...] = tuple(
+    status
+    for status in Status
+    if Status.CANCELLED in TRANSITIONS[status] and status is not Status.CANCELLED
 )
 
 
@@ -253,6 +272,8 @@ class JobStore:
             "created_at": now,
             "last_accessed_at": now,
             "finished_at": now if job.status in TERMINAL else None,
+            "due_at": job.due_at,
+            "sensing_time": job.sensing_time,
         }
 
     # ------------------------------------------------------------------------- transitions
@@ -956,6 +977,133 @@ class JobStore:
         with self.session() as session:
             return session.execute(select(func.max(JobStatusChange.id))).scalar() or 0
 
+    # ------------------------------------------------------------------- operations
+
+    def add_note(self, job_id: int, note: str, *, author: str | None = None) -> JobStatusChange:
+        """An operator's note on a job, stored as a history row of kind ``note`` (from and to
+        the job's current status), so it shows in the job's history; the status is unchanged."""
+        if not note.strip():
+            raise ValueError("note: must not be empty")
+        with self.session() as session:
+            job = session.execute(
+                select(Job.status, Job.attempts).where(Job.id == job_id)
+            ).one_or_none()
+            if job is None:
+                raise JobNotFound(job_id)
+            change = JobStatusChange(
+                job_id=job_id,
+                from_status=job.status,
+                to_status=job.status,
+                changed_at=self.clock(),
+                message=note,
+                attempt=job.attempts,
+                worker=author,
+                kind="note",
+            )
+            session.add(change)
+            session.flush()
+            return change
+
+    def pause(self, kind: PauseKind, name: str, *, reason: str | None = None) -> Pause:
+        """Pause a job type (its import path) or a queue: its ready jobs are no longer claimed.
+        Pausing what is paused keeps the first pause."""
+        check_kind(kind)
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        statement = module.insert(Pause.__table__).values(
+            kind=kind, name=name, reason=reason, paused_at=self.clock()
+        )
+        with self.session() as session:
+            session.execute(statement.on_conflict_do_nothing(index_elements=["kind", "name"]))
+            return session.get_one(Pause, (kind, name))
+
+    def resume(self, kind: PauseKind, name: str) -> bool:
+        """Resume a paused job type or queue; False when it was not paused."""
+        check_kind(kind)
+        with self.session() as session:
+            result = session.execute(delete(Pause).where(Pause.kind == kind, Pause.name == name))
+        return bool(result.rowcount)
+
+    def pauses(self) -> list[Pause]:
+        """Every pause, oldest first."""
+        with self.session() as session:
+            return list(session.scalars(select(Pause).order_by(Pause.paused_at, Pause.name)))
+
+    def matching_ids(
+        self, filters: JobFilter, statuses: Iterable[Status], *, limit: int = 1_000_000
+    ) -> list[int]:
+        """Ids of the jobs of ``filters`` that are in one of ``statuses``, in id order."""
+        allowed = [s.value for s in statuses]
+        if filters.statuses:
+            allowed = [s for s in allowed if s in {Status(x).value for x in filters.statuses}]
+        if not allowed:
+            return []
+        statement = (
+            _filtered(select(Job.id), filters)
+            .where(Job.status.in_(allowed))
+            .order_by(Job.id)
+            .limit(limit)
+        )
+        with self.session() as session:
+            return list(session.scalars(statement))
+
+    def retry_many(self, filters: JobFilter, *, message: str = "retried by an operator") -> int:
+        """Send every failed job of ``filters`` back to ``ready`` (see :meth:`retry`); returns
+        how many moved."""
+        failed = (Status.INTERNAL_ERROR, Status.EXTERNAL_ERROR)
+        ids = self.matching_ids(filters, (*failed, Status.ERROR_CHECKED))
+        if not ids:
+            return 0
+        self.transition_many(ids, Status.ERROR_CHECKED, expected_from=failed, message=message)
+        moved = self.transition_many(
+            ids,
+            Status.READY,
+            expected_from=Status.ERROR_CHECKED,
+            message=message,
+            values={"retry_at": None},
+        )
+        return len(moved.changed)
+
+    def cancel_many(self, filters: JobFilter, *, message: str = "cancelled by an operator") -> int:
+        """Cancel every job of ``filters`` whose status allows it; returns how many moved."""
+        ids = self.matching_ids(filters, CANCELLABLE)
+        if not ids:
+            return 0
+        return len(
+            self.transition_many(
+                ids, Status.CANCELLED, expected_from=CANCELLABLE, message=message
+            ).changed
+        )
+
+    def count_retryable(self, filters: JobFilter) -> int:
+        """How many jobs :meth:`retry_many` would move (a dry run)."""
+        retryable = (Status.INTERNAL_ERROR, Status.EXTERNAL_ERROR, Status.ERROR_CHECKED)
+        return len(self.matching_ids(filters, retryable))
+
+    def count_cancellable(self, filters: JobFilter) -> int:
+        """How many jobs :meth:`cancel_many` would move (a dry run)."""
+        return len(self.matching_ids(filters, CANCELLABLE))
+
+    def finished_since(self, since: datetime) -> dict[str, stats.Finished]:
+        """Per job type, what finished from ``since``'s hour on (from ``job_stats``)."""
+        with self._transaction() as connection:
+            stats.fold_if_needed(connection)
+            return stats.finished_since(connection, since)
+
+    def daily_series(self, since: datetime) -> dict[str, list[tuple[str, stats.Finished]]]:
+        """Per job type, what finished each UTC day from ``since``'s day on."""
+        with self._transaction() as connection:
+            return stats.daily_series(connection, since)
+
+    def late_and_stuck(self) -> tuple[dict[str, int], list[stats.StuckGroup]]:
+        """Now: late jobs per job type, and jobs whose status is older than its limit per job
+        type and status (one pass over the unfinished jobs)."""
+        with self._transaction() as connection:
+            return stats.late_and_stuck(connection, self.clock())
+
+    def late_counts(self) -> dict[str, int]:
+        """Late jobs per job type, now."""
+        return self.late_and_stuck()[0]
+
     # ------------------------------------------------------------ expired jobs run again
 
     def _revive_expired(
@@ -1154,6 +1302,8 @@ def _claim_statement(by_type: bool, by_ids: bool, id_array: bool) -> Update:
         .limit(bindparam("b_limit"))
         .with_for_update(skip_locked=True)
     )
+    # A paused job type or queue is not handed out (migration 0008).
+    candidates = candidates.where(not_paused(c))
     if by_type:
         candidates = candidates.where(c.job_type == bindparam("b_job_type"))
     if by_ids:
@@ -1276,6 +1426,7 @@ def _counted_by_the_database(filters: JobFilter) -> bool:
             "created_before",
             "input_date_from",
             "input_date_until",
+            "late_at",
         )
     )
 
@@ -1290,6 +1441,10 @@ _FILTER_CONDITIONS: dict[str, Callable[[Any], Any]] = {
     "created_before": lambda c: c.created_at < bindparam("b_created_before"),
     "input_date_from": lambda c: c.input_publication_date >= bindparam("b_input_date_from"),
     "input_date_until": lambda c: c.input_publication_date < bindparam("b_input_date_until"),
+    "late_at": lambda c: and_(
+        c.due_at < bindparam("b_late_at", type_=UtcDateTime()),
+        c.status.not_in([s.value for s in NEVER_LATE]),
+    ),
 }
 
 
@@ -1334,6 +1489,9 @@ def _filtered(statement: Select[Any], filters: JobFilter) -> Select[Any]:
         conditions.append(Job.input_publication_date >= filters.input_date_from)
     if filters.input_date_until is not None:
         conditions.append(Job.input_publication_date < filters.input_date_until)
+    if filters.late_at is not None:
+        conditions.append(Job.due_at < filters.late_at)
+        conditions.append(Job.status.not_in([s.value for s in NEVER_LATE]))
     return statement.where(*conditions)
 
 
@@ -1448,6 +1606,14 @@ RECONNECTING_METHODS = (
     "count_statuses",
     "finish_pending_rekey",
     "pending_rekeys",
+    "add_note",
+    "pause",
+    "resume",
+    "pauses",
+    "matching_ids",
+    "finished_since",
+    "daily_series",
+    "late_and_stuck",
 )
 for _name in RECONNECTING_METHODS:
     setattr(JobStore, _name, _reconnecting(getattr(JobStore, _name)))

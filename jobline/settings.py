@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token the REST API requires on every endpoint but /health."
     )
+    prefect_ui_url: str | None = Field(
+        None,
+        description="The Prefect UI (e.g. http://127.0.0.1:4200): the console links each job "
+        "to its flow run there.",
+    )
     api_max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest request body the REST API accepts (413 above)."
     )

@@ -39,6 +39,7 @@ class Product(BaseModel):
     path: str = Field(description="URL of the product (a folder or an object) in input storage")
     tile_id: str | None = None
     publication_date: datetime | None = None
+    sensing_time: datetime | None = Field(None, description="when the input was acquired")
     files: list[InputFile] = Field(default_factory=list)
 
 
@@ -104,11 +105,23 @@ class JobType:
     max_input_age: ClassVar[timedelta | None] = None
     #: How long a done job's outputs are kept before the job expires.
     retention: ClassVar[timedelta] = timedelta(days=30)
+    #: How soon after its input's publication an output is due (None: no target). A job past
+    #: it and not done is late; publication messages carry it as ``product:timeliness``.
+    timeliness_target: ClassVar[timedelta | None] = None
+    #: The STAC ``product:timeliness_category`` of the outputs (e.g. ``NRT``), if any.
+    timeliness_category: ClassVar[str | None] = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     # ---------------------------------------------------------------- derived declarations
+
+    @classmethod
+    def due_at(cls, published: datetime | None, now: datetime) -> datetime | None:
+        """When a job for an input published at ``published`` (None: now) becomes late."""
+        if cls.timeliness_target is None:
+            return None
+        return (published or now) + cls.timeliness_target
 
     @classmethod
     def import_path(cls) -> str:
@@ -204,6 +217,7 @@ class JobType:
                 "input_product_id": job.product_id,
                 "input_publication_date": _iso(job.input_publication_date),
                 "output_publication_date": _iso(job.output_publication_date),
+                **self.timeliness_properties(),
             },
             "assets": {
                 file.path: {
@@ -215,6 +229,32 @@ class JobType:
             },
         }
         return [PublicationMessage(product_id=product_id, body=item)]
+
+    def timeliness_properties(self) -> dict[str, str]:
+        """The STAC product extension's timeliness fields of this job type's outputs."""
+        properties = {}
+        if self.timeliness_target is not None:
+            properties["product:timeliness"] = iso_duration(self.timeliness_target)
+        if self.timeliness_category is not None:
+            properties["product:timeliness_category"] = self.timeliness_category
+        return properties
+
+
+def iso_duration(value: timedelta) -> str:
+    """An ISO 8601 duration (``PT3H``, ``PT1H15M``, ``P1DT2H``) of a non-negative timedelta."""
+    seconds = int(value.total_seconds())
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, seconds = divmod(rest, 60)
+    time_part = "".join(
+        f"{amount}{unit}"
+        for amount, unit in ((hours, "H"), (minutes, "M"), (seconds, "S"))
+        if amount
+    )
+    text = f"P{days}D" if days else "P"
+    if time_part or not days:
+        text += f"T{time_part or '0S'}"
+    return text
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -245,6 +285,8 @@ def declaration_problems(cls: type[JobType]) -> list[str]:
         problems.append("timeout must be positive")
     if cls.worker_flavor not in ("extra_small", "small", "medium", "large", "extra_large"):
         problems.append(f"worker_flavor {cls.worker_flavor!r} is not a known flavor")
+    if cls.timeliness_target is not None and cls.timeliness_target <= timedelta(0):
+        problems.append("timeliness_target must be positive (or None)")
     if cls.runner not in (None, "local", "docker"):
         problems.append(f"runner {cls.runner!r} must be 'local', 'docker' or None")
     return problems

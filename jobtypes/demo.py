@@ -55,6 +55,9 @@ class SnowCover(JobType):
     max_attempts = 3
     timeout = 300.0
     product_glob = "*.SAFE"
+    # Snow maps are wanted within 3 hours of the input's publication (STAC product:timeliness).
+    timeliness_target = timedelta(hours=3)
+    timeliness_category = "NRT"
 
     def parse_product(self, path: str, publication_date: datetime | None = None) -> Product | None:
         product_id = Path(path.rstrip("/")).name.removesuffix(".SAFE")
@@ -66,6 +69,7 @@ class SnowCover(JobType):
             path=path,
             tile_id=match["tile"],
             publication_date=publication_date,
+            sensing_time=sensing_time(product_id),
         )
 
     def configure_job(self, job: Job, store: JobStore) -> Configuration:

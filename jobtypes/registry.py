@@ -30,6 +30,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from importlib.metadata import entry_points
 
@@ -232,3 +233,21 @@ def registry_for(settings: Settings) -> JobTypeRegistry:
 def resolve_job_type(reference: str, settings: Settings) -> JobType:
     """The registered job type ``reference`` names (see the module doc), instantiated."""
     return registry_for(settings).resolve(reference, settings)
+
+
+def timeliness_targets(
+    settings: Settings,
+) -> tuple[dict[str, timedelta | None], dict[str, str]]:
+    """The timeliness target and the queue of each registered job type that loads, by import
+    path (for the production overview; a job type that does not load has neither)."""
+    targets: dict[str, timedelta | None] = {}
+    queues: dict[str, str] = {}
+    registry = registry_for(settings)
+    for path in registry.paths():
+        try:
+            cls = registry.job_type_class(path)
+        except JobTypeError:
+            continue
+        targets[cls.import_path()] = cls.timeliness_target
+        queues[cls.import_path()] = cls.queue
+    return targets, queues

@@ -16,11 +16,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from db.migrate import require_current_schema
+from db.overview import overview_markdown, production_overview
 from db.records import RunIds
 from db.statuses import Status
 from db.store import JobStore
 from jobline.settings import Settings, get_settings
 from jobtypes.base import JobType, load_job_type
+from jobtypes.registry import timeliness_targets
 from tasks import steps
 from tasks.maintenance import MaintenanceReport, run_maintenance
 from tasks.results import ClaimedJob, ConfigureSummary, Discovery, InsertSummary, StepOutcome
@@ -170,3 +172,11 @@ def maintain() -> MaintenanceReport:
     """Rescue lost and stuck jobs, expire old ones, collect metadata, remove orphaned containers."""
     ctx = step_context()
     return run_maintenance(ctx.settings, ctx.store, run=ctx.run, log=ctx.log)
+
+
+@task(name="production-status", cache_policy=NO_CACHE)
+def production_status() -> str:
+    """The production overview (``jobline status``) as a markdown report."""
+    ctx = step_context()
+    targets, queues = timeliness_targets(ctx.settings)
+    return overview_markdown(production_overview(ctx.store, targets, queues))

@@ -150,6 +150,8 @@ def insert_jobs(ctx: StepContext, job_type: JobType, discovery: Discovery) -> In
                 status=S.CANCELLED if cancelled else S.INITIALIZED,
                 message=decision.reason or None,
                 job_key=product_key(job_type.name, product.product_id),
+                due_at=job_type.due_at(product.publication_date, now),
+                sensing_time=product.sensing_time,
             )
         )
     result = ctx.store.insert_jobs(new_jobs, run=ctx.run)

@@ -77,7 +77,7 @@ def pg_settings(pg_database_url: str, tmp_path: Path) -> Settings:
     engine = create_engine(settings.resolved_database_url)
     tables = ", ".join(
         f'"{settings.db_schema}".{table}'
-        for table in ("jobs", "job_status_changes", "job_metadata", "meta")
+        for table in ("jobs", "job_status_changes", "job_metadata", "meta", "job_stats", "pauses")
     )
     try:
         with engine.begin() as connection:

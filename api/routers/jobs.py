@@ -6,17 +6,19 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from api.deps import JobIdPath, KeyPath, LiveDep, SettingsDep, StoreDep
-from api.errors import ERROR_RESPONSES
+from api.errors import ERROR_RESPONSES, OnlyAllowed
 from api.schemas import (
     INT64_MAX,
     METADATA_KEY_PATTERN,
     ActionRequest,
     ApiMetadata,
+    BulkOut,
+    BulkRequest,
     ClaimOut,
     ClaimRequest,
     ErrorBody,
@@ -30,6 +32,7 @@ from api.schemas import (
     MetadataOut,
     MetadataPage,
     MetadataSummary,
+    NoteCreate,
     OptionalText,
     Phase,
     UtcDatetime,
@@ -38,7 +41,7 @@ from api.schemas import (
 from db.models import Job
 from db.records import JobFilter, MetadataLimits, NewJob, config_key, product_key
 from db.statuses import TERMINAL, WORKER_OWNED, Status, statuses_in_phase
-from db.store import JobStore, model_name
+from db.store import JobStore, model_name, utcnow
 from jobline.exceptions import JobNotFound, MetadataTooLarge
 from jobline.settings import Settings
 from jobtypes.base import JobType, load_job_type
@@ -114,6 +117,7 @@ def _new_job(body: JobCreate, kind: JobType) -> NewJob:
         max_attempts=body.max_attempts or kind.max_attempts,
         message="submitted through the API",
         job_key=key,
+        due_at=kind.due_at(body.input_publication_date, utcnow()),
     )
 
 
@@ -149,6 +153,9 @@ def list_jobs(
     tile_id: Annotated[OptionalText, Query(max_length=64)] = None,
     created_after: Annotated[UtcDatetime | None, Query(description="Inclusive.")] = None,
     created_before: Annotated[UtcDatetime | None, Query(description="Exclusive.")] = None,
+    late: Annotated[
+        bool | None, Query(description="true: only late jobs (past their due time, not done).")
+    ] = None,
     cursor: Annotated[
         int | None, Query(ge=0, le=INT64_MAX, description="next_cursor of the previous page.")
     ] = None,
@@ -158,15 +165,73 @@ def list_jobs(
     statuses = _statuses(status, phase)
     if statuses is not None and not statuses:
         return JobPage(jobs=[], next_cursor=None)
+    now = utcnow()
     filters = JobFilter(
         statuses=tuple(statuses or ()),
         job_type=stored_job_type(job_type, settings),
         tile_id=tile_id,
         created_after=created_after,
         created_before=created_before,
+        late_at=now if late else None,
     )
     page = store.list_jobs(filters, after=cursor, limit=limit)
-    return JobPage(jobs=[JobOut.from_job(job) for job in page.jobs], next_cursor=page.next_cursor)
+    return JobPage(
+        jobs=[JobOut.from_job(job, now) for job in page.jobs], next_cursor=page.next_cursor
+    )
+
+
+# --------------------------------------------------------------------------- bulk actions
+
+
+def bulk_filter(body: BulkRequest, settings: Settings) -> JobFilter | None:
+    """The store's filter of a bulk request; None when its status and phase exclude all."""
+    statuses = _statuses(body.status, body.phase)
+    if statuses is not None and not statuses:
+        return None
+    return JobFilter(
+        statuses=tuple(statuses or ()),
+        job_type=stored_job_type(body.job_type, settings),
+        tile_id=body.tile_id,
+        created_after=body.created_after,
+        created_before=body.created_before,
+        late_at=utcnow() if body.late else None,
+    )
+
+
+NOT_POST = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@router.api_route("/retry", methods=NOT_POST, include_in_schema=False)
+@router.api_route("/cancel", methods=NOT_POST, include_in_schema=False)
+def bulk_method_not_allowed(request: Request) -> None:
+    """405 (``Allow: POST``) for the bulk actions' other methods, which ``/jobs/{job_id}`` would
+    otherwise take for a job id."""
+    raise OnlyAllowed(request.method, ["POST"])
+
+
+@router.post("/retry")
+def retry_jobs(body: BulkRequest, store: StoreDep, settings: SettingsDep) -> BulkOut:
+    """Retry every failed job (``internal_error``, ``external_error``, ``error_checked``) of a
+    filter; with ``dry_run`` only count them."""
+    filters = bulk_filter(body, settings)
+    if filters is None:
+        return BulkOut(dry_run=body.dry_run, jobs=0)
+    if body.dry_run:
+        return BulkOut(dry_run=True, jobs=store.count_retryable(filters))
+    message = body.message or "retried by an operator (bulk)"
+    return BulkOut(dry_run=False, jobs=store.retry_many(filters, message=message))
+
+
+@router.post("/cancel")
+def cancel_jobs(body: BulkRequest, store: StoreDep, settings: SettingsDep) -> BulkOut:
+    """Cancel every job of a filter whose status allows it; with ``dry_run`` only count them."""
+    filters = bulk_filter(body, settings)
+    if filters is None:
+        return BulkOut(dry_run=body.dry_run, jobs=0)
+    if body.dry_run:
+        return BulkOut(dry_run=True, jobs=store.count_cancellable(filters))
+    message = body.message or "cancelled by an operator (bulk)"
+    return BulkOut(dry_run=False, jobs=store.cancel_many(filters, message=message))
 
 
 def _statuses(status: list[Status] | None, phase: str | None) -> list[Status] | None:
@@ -327,6 +392,12 @@ def heartbeat(
     seconds = body.lease_seconds or settings.lease_seconds
     expires = store.heartbeat(job_id, body.lease_token, seconds)
     return LeaseOut(job_id=job_id, lease_token=body.lease_token, lease_expires_at=expires)
+
+
+@router.post("/{job_id}/notes", status_code=201, responses=NOT_FOUND)
+def add_note(job_id: JobIdPath, body: NoteCreate, store: StoreDep) -> HistoryEntry:
+    """Add an operator's note to the job's history (its status does not change)."""
+    return HistoryEntry.from_change(store.add_note(job_id, body.note, author=body.author))
 
 
 @router.post("/{job_id}/retry", responses={**NOT_FOUND, **CONFLICT})
