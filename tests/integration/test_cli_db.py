@@ -65,8 +65,8 @@ def test_upgrade_twice_on_an_empty_postgresql_database(empty_pg_url: str, tmp_pa
                     "AND NOT tgisinternal"
                 )
             )
-            # The status guard (row triggers with WHEN clauses since 0005), the history, and
-            # since 0004 the job counts.
+            # The status guard (row triggers with WHEN clauses since 0005), the history,
+            # since 0004 the job counts and since 0008 the hourly statistics.
             assert set(triggers.scalars()) == {
                 "jobs_guard_insert",
                 "jobs_guard_insert_terminal",
@@ -79,6 +79,9 @@ def test_upgrade_twice_on_an_empty_postgresql_database(empty_pg_url: str, tmp_pa
                 "jobs_count_update",
                 "jobs_count_delete",
                 "jobs_count_truncate",
+                "jobs_stats_insert",
+                "jobs_stats_update",
+                "jobs_stats_truncate",
             }
     finally:
         engine.dispose()
@@ -102,6 +105,8 @@ def test_upgrade_twice_on_sqlite(tmp_path: Path) -> None:
                 "jobs_guard_update",
                 "jobs_record_insert",
                 "jobs_record_update",
+                "jobs_stats_insert",
+                "jobs_stats_update",
             ]
     finally:
         engine.dispose()

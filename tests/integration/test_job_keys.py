@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from api.routers.jobs import _new_job
 from api.schemas import JobCreate
@@ -58,6 +58,30 @@ def job_count(store: JobStore) -> int:
         return session.scalar(select(func.count()).select_from(Job)) or 0
 
 
+def at_0005(settings: Settings, store: JobStore) -> None:
+    """Take the store, with the jobs just made, back to revision 0005.
+
+    The store's code writes the columns of today's schema, so a test makes its "jobs as the
+    code at 0005 made them" at head, with 0005's keys (from the import path, as ``NewJob``'s
+    default and the API's hash of path and config made them), and then downgrades: the later
+    revisions drop what they added, and 0006's downgrade leaves keys from import paths as
+    they are. The rows are then those of a store at 0005.
+    """
+    downgrade(settings, "0005")
+    store.engine.dispose()
+
+
+def keys_by_product(store: JobStore) -> dict[str, bytes]:
+    """Every job's key by product, read with plain SQL (it works at any revision)."""
+    with store.engine.connect() as connection:
+        rows = connection.execute(text(f"SELECT product_id, job_key FROM {jobs_table(store)}"))
+        return {product: bytes(key) for product, key in rows}
+
+
+def jobs_table(store: JobStore) -> str:
+    return "jobline.jobs" if store.dialect == "postgresql" else "jobs"
+
+
 def test_moving_a_job_type_class_to_another_module_creates_no_job(
     pg_settings: Settings, partner: tuple[str, Path, Path]
 ) -> None:
@@ -86,10 +110,11 @@ def test_migration_0006_rewrites_the_keys_of_jobs_made_at_0005(
     settings = Settings(
         database_url=empty_pg_url, data_dir=tmp_path / "data", job_types=["gone_jobtypes:Gone"]
     )
-    assert upgrade(settings, "0005") == "0005"
+    upgrade(settings)
     store = JobStore.from_settings(settings)
-    # Jobs as the code at 0005 made them: keys from the import path (NewJob's default key is
-    # product_key(job_type, product_id), and the API hashed the path with the config).
+    # Jobs as the code at 0005 made them (see at_0005): keys from the import path (NewJob's
+    # default key is product_key(job_type, product_id), and the API hashed the path with the
+    # config).
     old_ids = store.insert_jobs([NewJob(path, "ok-1"), NewJob(path, "ok-2")]).inserted_ids
     expired = done_job(store, "ok-3", job_type=path)
     store.transition(expired, Status.EXPIRED, expected_from=Status.DONE)
@@ -106,8 +131,11 @@ def test_migration_0006_rewrites_the_keys_of_jobs_made_at_0005(
     )
     before = job_count(store)
     by_product = {job.product_id: job.id for job in store.list_jobs().jobs}
+    at_0005(settings, store)
+    assert keys_by_product(store)["ok-1"] == content_key("product", path, "ok-1")
 
-    assert upgrade(settings) == "0006"
+    assert upgrade(settings, "0006") == "0006"
+    upgrade(settings)  # the later revisions do not touch keys
 
     assert job_count(store) == before == 6
     jobs = {job.product_id: job for job in store.list_jobs().jobs}
@@ -152,7 +180,7 @@ def test_migration_0006_rewrites_the_keys_of_jobs_made_at_0005(
 
     # And back: 0005's keys again.
     downgrade(settings, "0005")
-    restored = {job.product_id: job.job_key for job in store.list_jobs().jobs}
+    restored = keys_by_product(store)
     assert restored["ok-1"] == content_key("product", path, "ok-1")
     assert restored[f"config:{submitted_key.hex()}"] == submitted_key
     assert restored["g-1"] == content_key("product", "gone_jobtypes:Gone", "g-1")
@@ -170,10 +198,11 @@ def test_a_job_type_that_moved_before_the_migration_keeps_one_job_per_product(
     settings = Settings(
         database_url=empty_pg_url, data_dir=tmp_path / "data", job_types=["moved_jobtypes:Echo"]
     )
-    upgrade(settings, "0005")
+    upgrade(settings)
     store = JobStore.from_settings(settings)
     [older] = store.insert_jobs([NewJob(path, "ok-1")]).inserted_ids
     [newer] = store.insert_jobs([NewJob("moved_jobtypes:Echo", "ok-1")]).inserted_ids
+    at_0005(settings, store)
 
     upgrade(settings)
 
@@ -212,9 +241,10 @@ def test_jobline_db_rekey_names_a_job_type_that_cannot_load(
 def test_migration_0006_on_sqlite(tmp_path: Path, partner: tuple[str, Path, Path]) -> None:
     path, _inputs, _source = partner
     settings = Settings(data_dir=tmp_path / "data")
-    upgrade(settings, "0005")
+    upgrade(settings)
     store = JobStore.from_settings(settings)
     store.insert_jobs([NewJob(path, "ok-1"), NewJob(path, "ok-2")])
+    at_0005(settings, store)
 
     upgrade(settings)
 
