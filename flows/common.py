@@ -154,6 +154,16 @@ def run_job(job_type: str, job: ClaimedJob, runner: str | None) -> StepOutcome:
         return lifecycle.publish(job_type, posted)
 
 
+def run_claimed(
+    jobs: list[tuple[str, ClaimedJob]], runner: str | None, concurrency: int
+) -> list[StepOutcome]:
+    """Take already claimed jobs (job type, lease) through their steps, ``concurrency`` at a
+    time; the outcomes in the jobs' order."""
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="jobline-job") as pool:
+        futures = [_submit(pool, job_type, job, runner) for job_type, job in jobs]
+        return [future.result() for future in futures]
+
+
 def report(job_type: str, summary: PipelineSummary) -> PipelineSummary:
     """The run's jobs and the job type's jobs by status as table artifacts, and the summary."""
     summary.jobs = len(summary.job_ids)

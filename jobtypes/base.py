@@ -104,6 +104,15 @@ class JobType:
     max_input_age: ClassVar[timedelta | None] = None
     #: How long a done job's outputs are kept before the job expires.
     retention: ClassVar[timedelta] = timedelta(days=30)
+    #: What one running job counts against the launcher's caps (settings ``launch_weights``
+    #: may override it by name): a heavy job type weighs more.
+    launch_weight: ClassVar[float] = 1.0
+    #: Jobs the launcher puts into one flow run (``process-batch``); 1: a ``process-job`` run
+    #: per job. Batching amortises a worker's seconds of start-up over short jobs.
+    batch_size: ClassVar[int] = 1
+    #: Products older than this (by publication date) are back-processing: the launcher takes
+    #: them after every live job. None: no product is back-processing.
+    backprocessing_horizon: ClassVar[timedelta | None] = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -245,6 +254,10 @@ def declaration_problems(cls: type[JobType]) -> list[str]:
         problems.append("timeout must be positive")
     if cls.worker_flavor not in ("extra_small", "small", "medium", "large", "extra_large"):
         problems.append(f"worker_flavor {cls.worker_flavor!r} is not a known flavor")
+    if cls.launch_weight <= 0:
+        problems.append("launch_weight must be positive")
+    if cls.batch_size < 1:
+        problems.append("batch_size must be at least 1")
     if cls.runner not in (None, "local", "docker"):
         problems.append(f"runner {cls.runner!r} must be 'local', 'docker' or None")
     return problems
