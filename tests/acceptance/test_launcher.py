@@ -9,6 +9,7 @@ killed in teardown and every wait has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +81,7 @@ def write_job_types(directory: Path, inputs: Path, outputs: Path) -> None:
             command = local_command
             runner = "local"
             worker_flavor = "small"
-            batch_size = 5
+            batch_size = 8
             timeout = 60
             input_storage = "file://{inputs}/launch_small"
             output_storage = "file://{outputs}"
@@ -89,7 +91,7 @@ def write_job_types(directory: Path, inputs: Path, outputs: Path) -> None:
             queue = "launch_large"
             worker_flavor = "large"
             launch_weight = 2
-            batch_size = 3
+            batch_size = 5
             input_storage = "file://{inputs}/launch_large"
 
         class Single(Small):
@@ -134,6 +136,10 @@ def prefect(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     return result.stdout + result.stderr
 
 
+def create_pool(env: dict[str, str], pool: str) -> None:
+    prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
+
+
 def start_worker(setup: Setup, pool: str, env: dict[str, str], limit: int = 4) -> None:
     log = (setup.logs / f"{pool}.log").open("ab")
     # Its own session: killing the group kills the worker and its flow runs, like a lost host.
@@ -147,12 +153,33 @@ def start_worker(setup: Setup, pool: str, env: dict[str, str], limit: int = 4) -
     )
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (from /proc): a process worker starts each flow run in a
+    session of its own, so killing the worker's group does not reach them."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def kill_worker(setup: Setup, pool: str) -> None:
+    """SIGKILL to the worker and every process below it, as when its machine is lost."""
     worker = setup.workers.pop(pool, None)
     if worker is None:
         return
     if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGKILL)
+        for pid in [worker.pid, *descendants(worker.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     worker.wait(timeout=30)
 
 
@@ -174,8 +201,9 @@ def setup(
     holder = type("E", (), {"src": src})()
     env = worker_env(base, prefect_api_url, holder)  # type: ignore[arg-type]
     env.update(PWD=str(REPO), PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="WARNING")
-    for pool in ("jobline", *POOLS, "jobline-idle", "jobline-docker"):
-        prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
+    pools = ("jobline", *POOLS, "jobline-idle", "jobline-docker")
+    with ThreadPoolExecutor(len(pools)) as creating:
+        list(creating.map(lambda pool: create_pool(env, pool), pools))
     output = prefect(env, "deploy", "--name", "process-job", "--name", "process-batch")
     assert "process-job/process-job" in output and "process-batch/process-batch" in output, output
     found = Setup(prefect_api_url, src, inputs, outputs, env, logs=root)
