@@ -100,6 +100,12 @@ def write_job_types(directory: Path, inputs: Path, outputs: Path) -> None:
             batch_size = 1
             input_storage = "file://{inputs}/launch_single"
 
+        class Batched(Small):
+            name = "launch_batched"
+            queue = "launch_batched"
+            batch_size = 10
+            input_storage = "file://{inputs}/launch_batched"
+
         class Sleepy(Single):
             name = "launch_sleepy"
             queue = "launch_sleepy"
@@ -112,7 +118,13 @@ def write_job_types(directory: Path, inputs: Path, outputs: Path) -> None:
             input_storage = "file://{inputs}/launch_sleepy"
         """
     (directory / f"{MODULE}.py").write_text(textwrap.dedent(source))
-    names = {"small": "Small", "large": "Large", "single": "Single", "sleepy": "Sleepy"}
+    names = {
+        "small": "Small",
+        "large": "Large",
+        "single": "Single",
+        "batched": "Batched",
+        "sleepy": "Sleepy",
+    }
     declare_job_types(
         directory,
         "launcher-jobtypes",
