@@ -369,17 +369,25 @@ def record_flow_runs(store: JobStore, flow_runs: Mapping[int, tuple[str, str]]) 
                 .returning(table.id),
                 one,
             ).scalar()
-            if changed is None:
-                continue
-            recorded.append(changed)
+            if changed is not None:
+                recorded.append(changed)
             latest = (
                 select(func.max(history.id))
                 .where(history.job_id == bindparam("b_id"), history.to_status == S.QUEUED.value)
                 .scalar_subquery()
             )
+            # Also when the flow run was faster and adopted the job already (it set the job's
+            # flow run id itself); not when the job was sent back and launched anew since.
+            of_this_run = (
+                select(table.id)
+                .where(
+                    table.id == bindparam("b_id"), table.flow_run_id == bindparam("b_flow_run_id")
+                )
+                .exists()
+            )
             connection.execute(
                 update(JobStatusChange.__table__)
-                .where(history.id == latest)
+                .where(history.id == latest, of_this_run)
                 .values(flow_run_id=bindparam("b_flow_run_id")),
                 one,
             )

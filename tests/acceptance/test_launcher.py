@@ -446,3 +446,42 @@ def test_a_worker_killed_mid_container_is_rescued_and_its_job_published_once(
     assert len(lines) == 1, "the message was sent once"
     assert job_containers(docker_client, store, job_id) == []
     assert_legal_histories(store, [job_id])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_cancelling_a_running_jobs_flow_run_in_prefect_cancels_the_job_and_its_container(
+    setup: Setup, settings: Settings, docker_client: object, api: httpx.Client
+) -> None:
+    from flows.maintenance import maintenance as maintenance_flow
+    from tasks.runners.images import build_busybox_image
+
+    build_busybox_image(docker_client, SLEEPY_IMAGE)  # type: ignore[arg-type]
+    store = JobStore.from_settings(settings)
+    (job_id,) = insert_ready(settings, store, f"{MODULE}:Sleepy", 1, Env(setup))  # type: ignore[arg-type]
+    start_worker(setup, "jobline-docker", setup.env, limit=1)
+    try:
+        flow_run_id = launch(settings, store)[job_id]
+        wait_for(
+            lambda: any(
+                c.status == "running" for c in job_containers(docker_client, store, job_id)
+            ),
+            "the job's container to run",
+        )
+        # The UI's "Cancel": the worker sees Cancelling, kills the flow run, marks it Cancelled.
+        api.post(
+            f"/flow_runs/{flow_run_id}/set_state",
+            json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+        ).raise_for_status()
+        wait_for(
+            lambda: api.get(f"/flow_runs/{flow_run_id}").json()["state_type"] == "CANCELLED",
+            "the worker to cancel the flow run",
+        )
+        maintenance_flow()
+    finally:
+        kill_worker(setup, "jobline-docker")
+    job = store.get_job(job_id)
+    assert job.status == "cancelled"
+    assert f"flow run {flow_run_id} Cancelled in Prefect" in (job.status_message or "")
+    wait_for(lambda: job_containers(docker_client, store, job_id) == [], "no container left")
+    assert_legal_histories(store, [job_id])
