@@ -56,7 +56,7 @@ class LauncherSizes:
     single_jobs: int
     pass_jobs: int
     workers: int = 2
-    worker_limit: int = 4
+    worker_limit: int = 2
 
 
 @dataclass
@@ -108,7 +108,8 @@ def settings_for(database_url: str, data_dir: Path, batch: int) -> Settings:
         data_dir=data_dir,
         job_types=[batch_type(batch)],
         flavor_pools={"small": FlavorPool(pool=POOL)},
-        launcher_max_running_weight=80,
+        # Not binding: the benchmark measures dispatch, the workers' --limit bounds what runs.
+        launcher_max_running_weight=1000,
         launcher_max_launches_per_pass=200,
     )
 
@@ -292,7 +293,10 @@ def pass_over(api_url: str, server_url: str, ready: int, log: Any) -> tuple[floa
         tempfile.TemporaryDirectory(prefix="jobline-bench-launcher-") as scratch,
     ):
         settings = settings_for(database_url, Path(scratch) / "data", 1).model_copy(
-            update={"flavor_pools": {"small": FlavorPool(pool=IDLE_POOL)}}
+            update={
+                "flavor_pools": {"small": FlavorPool(pool=IDLE_POOL)},
+                "launcher_max_running_weight": 10.0**9,  # the first pass's launches stay queued
+            }
         )
         store = JobStore.from_settings(settings)
 
