@@ -189,7 +189,10 @@ class Settings(BaseSettings):
         "the overall cap applies.",
     )
     launcher_max_launches_per_pass: int = Field(
-        200, gt=0, description="The most jobs one launcher pass launches."
+        100,
+        gt=0,
+        description="The most jobs one launcher pass launches (each flow run it creates takes "
+        "a Prefect API call of a fraction of a second).",
     )
     launcher_escalation_seconds: dict[str, float] = Field(
         default_factory=lambda: {"600": 10.0, "3600": 20.0},

@@ -12,6 +12,7 @@ pull steps and parameters).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class LaunchReport(BaseModel):
     failed_to_create: int = Field(0, description="Jobs whose flow run could not be created.")
     skipped: bool = Field(False, description="Another launcher pass held the lock.")
     flow_run_ids: dict[int, str] = Field(default_factory=dict, description="Job -> flow run.")
+    seconds: dict[str, float] = Field(
+        default_factory=dict, description="Time of each part: admission, flow runs, record."
+    )
 
 
 class LaunchCheck(BaseModel):
@@ -163,6 +167,7 @@ def launch_pass(
 ) -> LaunchReport:
     """One pass: admit and claim ready jobs (:func:`db.launcher.admit_and_claim`), create their
     flow runs on their flavors' pools without waiting for them, record the flow run ids."""
+    started = time.perf_counter()
     decided = admission.admit_and_claim(
         store,
         policies_for(store, settings),
@@ -174,10 +179,14 @@ def launch_pass(
     if not decided.locked:
         log("another launcher pass holds the lock: nothing launched")
         return report
+    admitted = time.perf_counter()
     launches = plan(decided.claimed, settings)
     deployments = Deployments(client)
+    for deployment, pool in {(one.deployment, one.pool.pool) for one in launches}:
+        deployments.on_pool(deployment, pool)
     with ThreadPoolExecutor(CREATE_CONCURRENCY, thread_name_prefix="jobline-launch") as pool:
         created = list(pool.map(lambda one: _create(client, deployments, one, log), launches))
+    creating = time.perf_counter()
     flow_runs: dict[int, tuple[str, str]] = {}
     for launch, flow_run_id in zip(launches, created, strict=True):
         if flow_run_id is None:
@@ -189,9 +198,15 @@ def launch_pass(
     admission.record_flow_runs(store, flow_runs)
     report.launched = len(decided.claimed)
     report.flow_run_ids = {job_id: flow_run for job_id, (_, flow_run) in flow_runs.items()}
+    report.seconds = {
+        "admission": admitted - started,
+        "flow_runs": creating - admitted,
+        "record": time.perf_counter() - creating,
+    }
     log(
         f"launched {report.launched} jobs in {report.flow_runs} flow runs (running weight was "
-        f"{report.running_weight:g} of {settings.launcher_max_running_weight:g})"
+        f"{report.running_weight:g} of {settings.launcher_max_running_weight:g}); seconds: "
+        + ", ".join(f"{step} {seconds:.3f}" for step, seconds in report.seconds.items())
     )
     return report
 
