@@ -18,7 +18,6 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +49,9 @@ SCRIPT = (
     "fi; cat input/*/data.txt > output/result.txt"
 )
 POOLS = ("jobline-small", "jobline-large")
+DOCKER_POOL = "jobline-docker"
 #: The cap on the running weight in the two-pool test (a large job weighs 2).
-CAP = 12.0
+CAP = 24.0
 DEADLINE = 120
 PREFECT = (sys.executable, "-m", "prefect")
 
@@ -148,11 +148,25 @@ def prefect(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     return result.stdout + result.stderr
 
 
-def create_pool(env: dict[str, str], pool: str) -> None:
-    prefect(env, "work-pool", "create", pool, "--type", "process", "--overwrite")
+def create_pools(pools: tuple[str, ...]) -> None:
+    """Process work pools with the process worker's default job template, as `prefect
+    work-pool create --type process --overwrite` makes them, through the API in this process
+    (a CLI process per pool costs seconds each)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    with get_client(sync_client=True) as client:
+        for pool in pools:
+            wanted = WorkPoolCreate(name=pool, type="process", base_job_template=template)
+            client.create_work_pool(wanted, overwrite=True)
 
 
 def start_worker(setup: Setup, pool: str, env: dict[str, str], limit: int = 4) -> None:
+    """Start the pool's worker unless it runs (the module's teardown stops it)."""
+    running = setup.workers.get(pool)
+    if running is not None and running.poll() is None:
+        return
     log = (setup.logs / f"{pool}.log").open("ab")
     # Its own session: killing the group kills the worker and its flow runs, like a lost host.
     setup.workers[pool] = subprocess.Popen(
@@ -213,15 +227,15 @@ def setup(
     holder = type("E", (), {"src": src})()
     env = worker_env(base, prefect_api_url, holder)  # type: ignore[arg-type]
     env.update(PWD=str(REPO), PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="WARNING")
-    pools = ("jobline", *POOLS, "jobline-idle", "jobline-docker")
-    with ThreadPoolExecutor(len(pools)) as creating:
-        list(creating.map(lambda pool: create_pool(env, pool), pools))
+    create_pools(("jobline", *POOLS, "jobline-idle", DOCKER_POOL))
     output = prefect(env, "deploy", "--name", "process-job", "--name", "process-batch")
     assert "process-job/process-job" in output and "process-batch/process-batch" in output, output
     found = Setup(prefect_api_url, src, inputs, outputs, env, logs=root)
     try:
         for pool in POOLS:
             start_worker(found, pool, env)
+        # Up while the first tests run; the docker tests kill and restart it.
+        start_worker(found, DOCKER_POOL, env, limit=1)
         yield found
     finally:
         for pool in list(found.workers):
@@ -244,10 +258,10 @@ def settings(
                 "flavor_pools": {
                     "small": FlavorPool(pool="jobline-small"),
                     "large": FlavorPool(pool="jobline-large"),
-                    "extra_small": FlavorPool(pool="jobline-docker"),
+                    "extra_small": FlavorPool(pool=DOCKER_POOL),
                 },
                 "launcher_max_running_weight": CAP,
-                "launcher_max_launches_per_pass": 10,
+                "launcher_max_launches_per_pass": 30,
             }
         )
     )
@@ -313,7 +327,7 @@ def test_thirty_jobs_of_two_flavors_run_on_their_pools_under_the_cap(
         while set(statuses_of(store, small + large).values()) != {"done"}:
             assert time.monotonic() < deadline, statuses_of(store, small + large)
             flow_runs.update(launch(settings, store))
-            time.sleep(0.5)
+            time.sleep(0.25)
     finally:
         stop.set()
         sampler.join(timeout=10)
@@ -378,7 +392,7 @@ def test_a_job_whose_flow_run_is_deleted_or_cancelled_before_it_starts_runs_agai
     while set(statuses_of(store, [deleted, cancelled]).values()) != {"done"}:
         assert time.monotonic() < deadline, statuses_of(store, [deleted, cancelled])
         again.update(launch(settings, store))
-        time.sleep(0.5)
+        time.sleep(0.25)
     assert again[deleted] != runs[deleted] and again[cancelled] != runs[cancelled]
     assert_legal_histories(store, [deleted, cancelled])
 
@@ -407,35 +421,33 @@ def test_a_worker_killed_mid_container_is_rescued_and_its_job_published_once(
     build_busybox_image(docker_client, SLEEPY_IMAGE)  # type: ignore[arg-type]
     store = JobStore.from_settings(settings)
     (job_id,) = insert_ready(settings, store, f"{MODULE}:Sleepy", 1, Env(setup))  # type: ignore[arg-type]
-    start_worker(setup, "jobline-docker", setup.env, limit=1)
-    try:
-        first = launch(settings, store)[job_id]
-        wait_for(
-            lambda: (
-                store.get_job(job_id, touch=False).status == "processing"
-                and any(c.status == "running" for c in job_containers(docker_client, store, job_id))
-            ),
-            "the job's container to run",
-        )
-        kill_worker(setup, "jobline-docker")  # SIGKILL to the worker and its flow run
-        wait_for(
-            lambda: job_id in store_maintenance.expired_leases(store, store.clock()),
-            "the lease to expire",
-        )
-        report = maintenance_flow()
-        assert report.rescued == [job_id]
-        assert job_containers(docker_client, store, job_id) == [], "the orphan was removed"
-        assert store.get_job(job_id).status == "ready"
+    start_worker(setup, DOCKER_POOL, setup.env, limit=1)
+    first = launch(settings, store)[job_id]
+    wait_for(
+        lambda: (
+            store.get_job(job_id, touch=False).status == "processing"
+            and any(c.status == "running" for c in job_containers(docker_client, store, job_id))
+        ),
+        "the job's container to run",
+    )
+    kill_worker(setup, DOCKER_POOL)  # SIGKILL to the worker and its flow run
+    # The next worker boots while the lease expires (the module's teardown stops it).
+    start_worker(setup, DOCKER_POOL, setup.env, limit=1)
+    wait_for(
+        lambda: job_id in store_maintenance.expired_leases(store, store.clock()),
+        "the lease to expire",
+    )
+    report = maintenance_flow()
+    assert report.rescued == [job_id]
+    assert job_containers(docker_client, store, job_id) == [], "the orphan was removed"
+    assert store.get_job(job_id).status == "ready"
 
-        start_worker(setup, "jobline-docker", setup.env, limit=1)
-        deadline = time.monotonic() + DEADLINE
-        again: dict[int, str] = {}
-        while store.get_job(job_id, touch=False).status != "done":
-            assert time.monotonic() < deadline, store.get_job(job_id).status
-            again.update(launch(settings, store))
-            time.sleep(0.5)
-    finally:
-        kill_worker(setup, "jobline-docker")
+    deadline = time.monotonic() + DEADLINE
+    again: dict[int, str] = {}
+    while store.get_job(job_id, touch=False).status != "done":
+        assert time.monotonic() < deadline, store.get_job(job_id).status
+        again.update(launch(settings, store))
+        time.sleep(0.25)
     assert again[job_id] != first
     job = store.get_job(job_id)
     assert (job.attempts, job.flow_run_id) == (2, again[job_id])
@@ -459,7 +471,7 @@ def test_cancelling_a_running_jobs_flow_run_in_prefect_cancels_the_job_and_its_c
     build_busybox_image(docker_client, SLEEPY_IMAGE)  # type: ignore[arg-type]
     store = JobStore.from_settings(settings)
     (job_id,) = insert_ready(settings, store, f"{MODULE}:Sleepy", 1, Env(setup))  # type: ignore[arg-type]
-    start_worker(setup, "jobline-docker", setup.env, limit=1)
+    start_worker(setup, DOCKER_POOL, setup.env, limit=1)
     try:
         flow_run_id = launch(settings, store)[job_id]
         wait_for(
@@ -479,7 +491,7 @@ def test_cancelling_a_running_jobs_flow_run_in_prefect_cancels_the_job_and_its_c
         )
         maintenance_flow()
     finally:
-        kill_worker(setup, "jobline-docker")
+        kill_worker(setup, DOCKER_POOL)
     job = store.get_job(job_id)
     assert job.status == "cancelled"
     assert f"flow run {flow_run_id} Cancelled in Prefect" in (job.status_message or "")
