@@ -138,6 +138,7 @@ def worker_env(env: dict[str, str], settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def workers(env: dict[str, str], count: int, limit: int, log_dir: Path) -> Iterator[None]:
+    before = online_workers(env["PREFECT_API_URL"])
     started = []
     for index in range(count):
         log = (log_dir / f"worker-{index}.log").open("ab")
@@ -148,6 +149,7 @@ def workers(env: dict[str, str], count: int, limit: int, log_dir: Path) -> Itera
             )
         )
     try:
+        wait_online(env["PREFECT_API_URL"], count, before)
         yield
     finally:
         for process in started:
@@ -158,6 +160,25 @@ def workers(env: dict[str, str], count: int, limit: int, log_dir: Path) -> Itera
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=30)
+
+
+def online_workers(api_url: str) -> set[str]:
+    with httpx.Client(base_url=api_url, timeout=30) as api:
+        found = api.post(f"/work_pools/{POOL}/workers/filter", json={})
+        found.raise_for_status()
+        return {worker["name"] for worker in found.json() if worker.get("status") == "ONLINE"}
+
+
+def wait_online(api_url: str, count: int, before: set[str]) -> None:
+    """Wait until ``count`` new workers poll the pool: a worker takes seconds to start on a
+    loaded machine, and a launch before that would time the worker's start, not the launcher
+    (the previous mode's workers may still count as online for a while)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if len(online_workers(api_url) - before) >= count:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{count} workers not online on {POOL} after 120 s")
 
 
 def ready_products(settings: Settings, count: int) -> list[int]:
@@ -221,15 +242,16 @@ def launcher_mode(
         job_ids = ready_products(settings, jobs)
         store = JobStore.from_settings(settings)
         flow_runs: set[str] = set()
-        with workers(env, sizes.workers, sizes.worker_limit, Path(scratch)):
-            time.sleep(5)  # the workers are up and polling before the first launch
-            with get_client(sync_client=True) as client:
+        with (
+            workers(env, sizes.workers, sizes.worker_limit, Path(scratch)),
+            get_client(sync_client=True) as client,
+        ):
 
-                def one_pass() -> None:
-                    report = launch_pass(settings, store, client, log=lambda _: None)
-                    flow_runs.update(report.flow_run_ids.values())
+            def one_pass() -> None:
+                report = launch_pass(settings, store, client, log=lambda _: None)
+                flow_runs.update(report.flow_run_ids.values())
 
-                seconds = wait_done(store, job_ids, one_pass)
+            seconds = wait_done(store, job_ids, one_pass)
         measured = Mode(jobs, seconds, latencies(store, job_ids), len(flow_runs))
         store.engine.dispose()
     log(f"  launcher, batch {batch}: {jobs} jobs in {seconds:.1f} s, {measured.flow_runs} runs")
@@ -248,7 +270,6 @@ def in_process_mode(
         job_ids = ready_products(settings, jobs)
         store = JobStore.from_settings(settings)
         with workers(env, sizes.workers, sizes.worker_limit, Path(scratch)):
-            time.sleep(5)
             asked = []
 
             def ask_once() -> None:

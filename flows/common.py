@@ -154,14 +154,26 @@ def run_job(job_type: str, job: ClaimedJob, runner: str | None) -> StepOutcome:
         return lifecycle.publish(job_type, posted)
 
 
-def run_claimed(
-    jobs: list[tuple[str, ClaimedJob]], runner: str | None, concurrency: int
-) -> list[StepOutcome]:
-    """Take already claimed jobs (job type, lease) through their steps, ``concurrency`` at a
-    time; the outcomes in the jobs' order."""
+def claim_and_run(job_ids: list[int], runner: str | None, concurrency: int) -> list[StepOutcome]:
+    """Claim each given job and take it through its steps, ``concurrency`` jobs at a time, in
+    the jobs' order: a job's claim runs in its thread, so the first jobs run while later ones
+    wait for a thread, not for the claims of the whole batch. The outcomes of the jobs claimed.
+    """
     with ThreadPoolExecutor(concurrency, thread_name_prefix="jobline-job") as pool:
-        futures = [_submit(pool, job_type, job, runner) for job_type, job in jobs]
-        return [future.result() for future in futures]
+        futures = [
+            pool.submit(contextvars.copy_context().run, _claim_and_run, job_id, runner)
+            for job_id in job_ids
+        ]
+        outcomes = [future.result() for future in futures]
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _claim_and_run(job_id: int, runner: str | None) -> StepOutcome | None:
+    claimed = lifecycle.claim_one(job_id)
+    if claimed is None:
+        return None
+    job_type, job = claimed
+    return run_job(job_type, job, runner)
 
 
 def report(job_type: str, summary: PipelineSummary) -> PipelineSummary:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import PipelineSummary, process_ready_jobs, report, run_claimed, run_job
+from flows.common import PipelineSummary, claim_and_run, process_ready_jobs, report, run_job
 from flows.parameters import Concurrency, JobId, JobIds, JobTypeName, MaxJobs, Runner
 from flows.pipeline import DEMO_JOB_TYPE
 from tasks import lifecycle
@@ -58,7 +58,7 @@ def process_batch(
 ) -> list[StepOutcome]:
     """Several jobs' lifecycles in one flow run (the launcher batches short jobs so a worker
     starts one process for many): each job is claimed (taken from the launcher, configured if
-    new), then processed, ``concurrency`` at a time. One job's failure leaves the others be.
+    new) and processed in one thread of ``concurrency``. One job's failure leaves the others be.
 
     Args:
         job_ids: The jobs' ids (1 to 1000 of them).
@@ -66,5 +66,4 @@ def process_batch(
             when an engine answers). Empty: the job type's pin, else JOBLINE_RUNNER.
         concurrency: How many of the jobs run at once (1 to 64).
     """
-    claimed = [found for found in (lifecycle.claim_one(job_id) for job_id in job_ids) if found]
-    return run_claimed(claimed, runner, concurrency)
+    return claim_and_run(job_ids, runner, concurrency)
