@@ -7,7 +7,8 @@ in one flow run on the same machine.
 * baseline: the same number of jobs through one ``process-jobs`` flow run (concurrency 4) that
   one of those workers runs: the in-process path, paying one worker start like the others.
 * jobs/s is jobs / (time from the first launch, or from asking for the flow run, until the last
-  job is done); ready -> started latency is per job, from its history.
+  job is done), once the mode's workers poll the pool; ready -> started latency is per job,
+  from its history.
 * launcher pass: one pass (admission over 10,000 ready jobs, claims, flow runs created on a pool
   no worker serves) and the admission and claim alone.
 
