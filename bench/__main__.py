@@ -15,13 +15,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import concurrency, console, insert, lifecycle, pipeline, query, streams
+from bench import concurrency, console, insert, launcher, lifecycle, pipeline, query, streams
 from bench.report import LATEST, Measurement, markdown_table, text_table, write_json
 from bench.scratch import admin_url, machine_facts, scratch_database
 from jobline.exceptions import ConfigurationError
 from jobline.settings import Settings
 
-BENCHMARKS = ("insert", "lifecycle", "query", "pipeline", "concurrency", "streams", "console")
+BENCHMARKS = (
+    "insert",
+    "lifecycle",
+    "query",
+    "pipeline",
+    "concurrency",
+    "streams",
+    "console",
+    "launcher",
+)
 #: Jobs a lifecycle worker claims at a time (and moves through each status in one statement).
 BATCH = 100
 
@@ -41,6 +50,7 @@ def sizes(quick: bool) -> dict[str, object]:
             "streams": streams.StreamSizes(sse=100, waits=100, posts=60),
             "concurrency": concurrency.ConcurrencySizes(sleep_seconds=3.0, jobs=(4,)),
             "console": console.ConsoleSizes(jobs=200_000, repeats=10),
+            "launcher": launcher.LauncherSizes(jobs=60, single_jobs=20, pass_jobs=10_000),
         }
     return {
         "insert": insert.InsertSizes(jobs=100_000, naive_jobs=5_000, repeats=3),
@@ -54,6 +64,7 @@ def sizes(quick: bool) -> dict[str, object]:
         "streams": streams.StreamSizes(sse=100, waits=100, posts=300),
         "concurrency": concurrency.ConcurrencySizes(sleep_seconds=20.0),
         "console": console.ConsoleSizes(jobs=1_000_000, repeats=30),
+        "launcher": launcher.LauncherSizes(jobs=200, single_jobs=200, pass_jobs=10_000),
     }
 
 
@@ -72,6 +83,7 @@ def run(server_url: str, chosen: list[str], quick: bool) -> list[Measurement]:
         "streams": lambda url: streams.run(url, size["streams"], log),  # type: ignore[arg-type]
         "concurrency": lambda url: concurrency.run(url, server_url, size["concurrency"], log),  # type: ignore[arg-type]
         "console": lambda url: console.run(url, size["console"], log),  # type: ignore[arg-type]
+        "launcher": lambda url: launcher.run(url, server_url, size["launcher"], log),  # type: ignore[arg-type]
     }  # fmt: skip
     measurements: list[Measurement] = []
     for name in chosen:

@@ -200,6 +200,17 @@ Index(
     sqlite_where=text(READY_ONLY),
 )
 
+# Only ready jobs, by job type and the time they became ready: the launcher's admission order
+# (migration 0007).
+Index(
+    "ix_jobs_admission",
+    Job.job_type,
+    Job.status_changed_at,
+    Job.id,
+    postgresql_where=text(READY_ONLY),
+    sqlite_where=text(READY_ONLY),
+)
+
 
 class JobCount(Base):
     """Changes of the number of jobs per (job type, status), appended by triggers on ``jobs``

@@ -143,6 +143,10 @@ LEASED: frozenset[Status] = frozenset(
     {S.STARTED, S.PRE_PROCESSING, S.PROCESSING, S.POST_PROCESSING}
 )
 
+#: Statuses that count against the launcher's running-weight caps: from the launch (``queued``,
+#: a flow run exists) until the outputs are uploaded (``post_processing``).
+RUNNING: frozenset[Status] = frozenset({S.QUEUED}) | LEASED
+
 #: Statuses only a worker moves a job into, from its claim to its publication. Anyone else (an
 #: API client) needs the job's current lease token for such a move: the lifecycle stays the
 #: workers' (and an external processor's, which claims the job through the API first).

@@ -154,6 +154,28 @@ def run_job(job_type: str, job: ClaimedJob, runner: str | None) -> StepOutcome:
         return lifecycle.publish(job_type, posted)
 
 
+def claim_and_run(job_ids: list[int], runner: str | None, concurrency: int) -> list[StepOutcome]:
+    """Claim each given job and take it through its steps, ``concurrency`` jobs at a time, in
+    the jobs' order: a job's claim runs in its thread, so the first jobs run while later ones
+    wait for a thread, not for the claims of the whole batch. The outcomes of the jobs claimed.
+    """
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="jobline-job") as pool:
+        futures = [
+            pool.submit(contextvars.copy_context().run, _claim_and_run, job_id, runner)
+            for job_id in job_ids
+        ]
+        outcomes = [future.result() for future in futures]
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _claim_and_run(job_id: int, runner: str | None) -> StepOutcome | None:
+    claimed = lifecycle.claim_one(job_id)
+    if claimed is None:
+        return None
+    job_type, job = claimed
+    return run_job(job_type, job, runner)
+
+
 def report(job_type: str, summary: PipelineSummary) -> PipelineSummary:
     """The run's jobs and the job type's jobs by status as table artifacts, and the summary."""
     summary.jobs = len(summary.job_ids)

@@ -35,3 +35,6 @@ MaxJobs = Annotated[int, Field(ge=1, le=MAX_JOBS_PER_RUN)]
 Concurrency = Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]
 Runner = Literal["auto", "local", "docker"] | None
 JobId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+#: The most jobs one ``process-batch`` flow run takes.
+MAX_BATCH = 1000
+JobIds = Annotated[list[JobId], Field(min_length=1, max_length=MAX_BATCH)]

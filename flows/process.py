@@ -1,11 +1,12 @@
-"""``process-jobs`` (the processing half of the pipeline) and ``process-job`` (one job)."""
+"""``process-jobs`` (the processing half of the pipeline), ``process-job`` (one job) and
+``process-batch`` (given jobs; the launcher's flow runs, see flows/launcher.py)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import PipelineSummary, process_ready_jobs, report, run_job
-from flows.parameters import Concurrency, JobId, JobTypeName, MaxJobs, Runner
+from flows.common import PipelineSummary, claim_and_run, process_ready_jobs, report, run_job
+from flows.parameters import Concurrency, JobId, JobIds, JobTypeName, MaxJobs, Runner
 from flows.pipeline import DEMO_JOB_TYPE
 from tasks import lifecycle
 from tasks.results import StepOutcome
@@ -49,3 +50,20 @@ def process_job(job_id: JobId, runner: Runner = None) -> StepOutcome | None:
         return None
     kind, claimed = job_type
     return run_job(kind, claimed, runner)
+
+
+@flow(name="process-batch", log_prints=True)
+def process_batch(
+    job_ids: JobIds, runner: Runner = None, concurrency: Concurrency = 4
+) -> list[StepOutcome]:
+    """Several jobs' lifecycles in one flow run (the launcher batches short jobs so a worker
+    starts one process for many): each job is claimed (taken from the launcher, configured if
+    new) and processed in one thread of ``concurrency``. One job's failure leaves the others be.
+
+    Args:
+        job_ids: The jobs' ids (1 to 1000 of them).
+        runner: How the jobs' containers run: docker, local (a subprocess) or auto (docker
+            when an engine answers). Empty: the job type's pin, else JOBLINE_RUNNER.
+        concurrency: How many of the jobs run at once (1 to 64).
+    """
+    return claim_and_run(job_ids, runner, concurrency)

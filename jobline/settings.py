@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: A job type's import path, ``module:Class`` (a dotted module, one class name).
@@ -31,6 +31,24 @@ DEFAULT_STUCK_AFTER_SECONDS: dict[str, float] = {
     "external_error": 10 * 60.0,
     "error_checked": 10 * 60.0,
 }
+
+
+#: The work pool of every flavor the settings' ``flavor_pools`` does not name.
+DEFAULT_POOL = "jobline"
+
+
+class FlavorPool(BaseModel):
+    """Where the launcher sends one worker flavor's jobs: a Prefect work pool, optionally one
+    of its work queues, and job variables for the pool's base job template (a docker or
+    kubernetes pool's memory and CPU, for instance)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str = Field(min_length=1, max_length=100, description="The Prefect work pool.")
+    queue: str | None = Field(None, min_length=1, max_length=100, description="Its work queue.")
+    job_variables: dict[str, Any] = Field(
+        default_factory=dict, description="Job variables of the flow runs sent to the pool."
+    )
 
 
 class Settings(BaseSettings):
@@ -151,6 +169,47 @@ class Settings(BaseSettings):
         '{"small": {"cpus": 1, "memory_mib": 2048}}. Empty keeps the defaults '
         "(tasks/runners/flavors.py).",
     )
+    flavor_pools: dict[str, FlavorPool] = Field(
+        default_factory=dict,
+        description="The Prefect work pool (and optional work queue and job_variables) the "
+        "launcher sends each worker flavor's jobs to, by flavor name: "
+        '{"large": {"pool": "jobline-large", "job_variables": {"mem_limit": "8g"}}}. '
+        f"A flavor not named runs on the pool {DEFAULT_POOL!r}.",
+    )
+    launch_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Overrides of job types' launch weights (what one running job counts "
+        'against the caps), by job type name: {"fsc": 4}. Unnamed: the job type\'s '
+        "launch_weight (default 1).",
+    )
+    launcher_max_running_weight: float = Field(
+        64.0,
+        gt=0,
+        description="Cap on the weight of all jobs queued through post_processing: the launcher "
+        "launches no job that would take the running weight above it.",
+    )
+    launcher_max_running_weight_by_type: dict[str, float] = Field(
+        default_factory=dict,
+        description='The same cap per job type, by job type name: {"fsc": 16}. Unnamed: only '
+        "the overall cap applies.",
+    )
+    launcher_max_launches_per_pass: int = Field(
+        100,
+        gt=0,
+        description="The most jobs one launcher pass launches (each flow run it creates takes "
+        "a Prefect API call of a fraction of a second).",
+    )
+    launcher_escalation_seconds: dict[str, float] = Field(
+        default_factory=lambda: {"600": 10.0, "3600": 20.0},
+        description="Priority a ready job gains while it waits, by seconds in ready: "
+        '{"600": 10, "3600": 20} adds 10 after ten minutes and 20 after an hour.',
+    )
+    launcher_start_limit_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="How long a launched job's flow run may stay unstarted (scheduled, pending) "
+        "before maintenance cancels it and sends the job through the retry policy.",
+    )
     image_pull_policy: Literal["if-not-present", "always", "never"] = Field(
         "if-not-present",
         description="When the docker runner pulls a job's image: only when it is not on the "
@@ -214,6 +273,29 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"metadata_retention_seconds: negative retention for keys {bad}")
         return value
+
+    @field_validator("launcher_escalation_seconds")
+    @classmethod
+    def _escalation_steps(cls, value: dict[str, float]) -> dict[str, float]:
+        for waited in value:
+            try:
+                seconds = float(waited)
+            except ValueError:
+                raise ValueError(
+                    f"launcher_escalation_seconds: {waited!r} is not a number of seconds"
+                ) from None
+            if seconds < 0:
+                raise ValueError(f"launcher_escalation_seconds: {waited!r} is negative")
+        return value
+
+    def pool_for(self, flavor: str) -> FlavorPool:
+        """The work pool (queue, job variables) of a worker flavor's jobs."""
+        return self.flavor_pools.get(flavor) or FlavorPool(pool=DEFAULT_POOL)
+
+    def escalation_steps(self) -> list[tuple[float, float]]:
+        """``launcher_escalation_seconds`` as (seconds waited, priority added), shortest first."""
+        steps = self.launcher_escalation_seconds.items()
+        return sorted((float(waited), bonus) for waited, bonus in steps)
 
     def stuck_after(self, status: str) -> float:
         """Seconds a job may sit in ``status`` before maintenance treats it as stuck."""

@@ -110,6 +110,15 @@ class JobType:
     timeliness_target: ClassVar[timedelta | None] = None
     #: The STAC ``product:timeliness_category`` of the outputs (e.g. ``NRT``), if any.
     timeliness_category: ClassVar[str | None] = None
+    #: What one running job counts against the launcher's caps (settings ``launch_weights``
+    #: may override it by name): a heavy job type weighs more.
+    launch_weight: ClassVar[float] = 1.0
+    #: Jobs the launcher puts into one flow run (``process-batch``); 1: a ``process-job`` run
+    #: per job. Batching amortises a worker's seconds of start-up over short jobs.
+    batch_size: ClassVar[int] = 1
+    #: Products older than this (by publication date) are back-processing: the launcher takes
+    #: them after every live job. None: no product is back-processing.
+    backprocessing_horizon: ClassVar[timedelta | None] = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -287,6 +296,10 @@ def declaration_problems(cls: type[JobType]) -> list[str]:
         problems.append(f"worker_flavor {cls.worker_flavor!r} is not a known flavor")
     if cls.timeliness_target is not None and cls.timeliness_target <= timedelta(0):
         problems.append("timeliness_target must be positive (or None)")
+    if cls.launch_weight <= 0:
+        problems.append("launch_weight must be positive")
+    if cls.batch_size < 1:
+        problems.append("batch_size must be at least 1")
     if cls.runner not in (None, "local", "docker"):
         problems.append(f"runner {cls.runner!r} must be 'local', 'docker' or None")
     return problems

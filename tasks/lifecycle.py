@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import lru_cache
 
-from prefect import get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
@@ -24,6 +24,7 @@ from jobline.settings import Settings, get_settings
 from jobtypes.base import JobType, load_job_type
 from jobtypes.registry import timeliness_targets
 from tasks import steps
+from tasks.launcher import LaunchCheck, LaunchReport, check_launches, launch_pass
 from tasks.maintenance import MaintenanceReport, run_maintenance
 from tasks.results import ClaimedJob, ConfigureSummary, Discovery, InsertSummary, StepOutcome
 from tasks.runners.select import runner_for
@@ -180,3 +181,33 @@ def production_status() -> str:
     ctx = step_context()
     targets, queues = timeliness_targets(ctx.settings)
     return overview_markdown(production_overview(ctx.store, targets, queues))
+
+
+@task(name="configure-waiting", cache_policy=NO_CACHE)
+def configure_waiting() -> int:
+    """Configure new jobs and re-check those waiting for a dependency, of every job type that
+    has some (so the launcher finds them ready); returns how many became ready."""
+    ctx = step_context()
+    counts = ctx.store.count_by_type_status()
+    waiting = {kind for kind, status in counts if status in (Status.INITIALIZED, Status.CONFIGURED)}
+    ready = 0
+    for import_path in sorted(waiting):
+        ready += len(steps.configure_jobs(ctx, job_type_for(import_path), []).ready)
+    return ready
+
+
+@task(name="launch", cache_policy=NO_CACHE)
+def launch() -> LaunchReport:
+    """Admit ready jobs under the caps and create their flow runs on their flavors' pools."""
+    ctx = step_context()
+    with get_client(sync_client=True) as client:
+        return launch_pass(ctx.settings, ctx.store, client, run=ctx.run, log=ctx.log)
+
+
+@task(name="check-launches", cache_policy=NO_CACHE)
+def check_launched() -> LaunchCheck:
+    """Send back launched jobs whose flow run never reported back; cancel those whose flow run
+    was cancelled in Prefect."""
+    ctx = step_context()
+    with get_client(sync_client=True) as client:
+        return check_launches(ctx.settings, ctx.store, client, run=ctx.run, log=ctx.log)

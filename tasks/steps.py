@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
-from db import outbox
+from db import launcher, outbox
 from db.models import Job
 from db.records import JobFilter, NewJob, RunIds, product_key
 from db.statuses import Status
@@ -273,6 +273,8 @@ def claim_one(ctx: StepContext, job_id: int) -> tuple[str, ClaimedJob] | None:
     is not ready afterwards (waiting for a dependency, or in another status)."""
     job = ctx.store.get_job(job_id)
     job_type = load_job_type(job.job_type, ctx.settings)
+    if job.status == S.QUEUED:
+        return _adopt(ctx, job)
     if job.status in (S.INITIALIZED, S.CONFIGURED):
         configure_jobs(ctx, job_type, [job.id] if job.status == S.INITIALIZED else [])
     jobs = ctx.store.claim(
@@ -288,6 +290,19 @@ def claim_one(ctx: StepContext, job_id: int) -> tuple[str, ClaimedJob] | None:
         ctx.log(f"job {job_id} is {current.status}, not ready: nothing to process")
         return None
     claimed = _claimed(jobs[0])
+    _hold_queued(ctx, [claimed])
+    return job.job_type, claimed
+
+
+def _adopt(ctx: StepContext, job: Job) -> tuple[str, ClaimedJob] | None:
+    """A job the launcher queued for this flow run: take it with a lease of our own."""
+    adopted = launcher.adopt(
+        ctx.store, job.id, ctx.run.flow_run_id, worker_name(), ctx.settings.lease_seconds
+    )
+    if adopted is None:
+        ctx.log(f"job {job.id} is queued for another flow run ({job.flow_run_id}): not taken")
+        return None
+    claimed = _claimed(adopted)
     _hold_queued(ctx, [claimed])
     return job.job_type, claimed
 

@@ -44,6 +44,8 @@ DEPLOYMENTS = (
     "discover-jobs/discover",
     "process-jobs/process",
     "process-job/process-job",
+    "process-batch/process-batch",
+    "launch-jobs/launcher",
     "maintenance/maintenance",
 )
 #: The most a run on a store without the current schema may take, start to end (seconds): it
@@ -77,6 +79,11 @@ def deployed(prefect_api_url: str) -> dict[str, str]:
     output = prefect(env, "deploy", "--all")
     for name in DEPLOYMENTS:
         assert name in output, output
+    # The launcher's schedule (every 30 s) would launch the ready jobs these tests process in
+    # one flow run; tests/acceptance/test_launcher.py drives the launcher itself.
+    with httpx.Client(base_url=prefect_api_url, timeout=30) as api:
+        launcher = deployment(api, "launch-jobs/launcher")
+        api.patch(f"/deployments/{launcher['id']}", json={"paused": True}).raise_for_status()
     return env
 
 

@@ -15,7 +15,7 @@ scan of a million jobs for each answer.
 * ``pauses``: paused job types and queues (``db.pauses``).
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-02
 """
 
@@ -28,7 +28,7 @@ from db import stats
 from db.models import UNFINISHED, BigId, UtcDateTime
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
