@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 import jobline
 from api import console
 from api.auth import AuthDep, LoopbackHostOnly, TokenOrSessionDep, check_serving
+from api.deps import KnownQueryDep
 from api.errors import BodySizeLimit, install_error_handlers
 from api.live import LiveFeed
 from api.routers import events, health, jobs, operations
@@ -85,11 +86,12 @@ def create_app(
     app.add_middleware(ServerTiming)
     if not require_auth:
         app.add_middleware(LoopbackHostOnly)  # outermost: before anything else is read
-    guarded = [AuthDep] if require_auth else []
+    guarded = ([AuthDep] if require_auth else []) + [KnownQueryDep]
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=guarded)
     # The console's live updates read /events with its session cookie.
-    app.include_router(events.router, dependencies=[TokenOrSessionDep] if require_auth else [])
+    session = [TokenOrSessionDep] if require_auth else []
+    app.include_router(events.router, dependencies=[*session, KnownQueryDep])
     app.include_router(operations.router, dependencies=guarded)
     app.include_router(console.router)
     app.mount("/ui/static", StaticFiles(directory=console.STATIC), name="console-static")

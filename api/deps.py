@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from api.auth import AuthDep
 from api.live import LiveFeed
@@ -51,3 +54,36 @@ KeyPath = Annotated[
 ]
 
 __all__ = ["AuthDep", "HubDep", "JobIdPath", "KeyPath", "LiveDep", "SettingsDep", "StoreDep"]
+
+
+async def reject_unknown_query_parameters(request: Request) -> None:
+    """422 for a query parameter the route does not take, naming it: a misspelt filter
+    (``?stauts=failed``) must not quietly answer, or act on, every job."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    known = query_names(dependant)
+    if not known:  # a route without query parameters ignores them, as documented
+        return
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        problems = [{"type": "extra_forbidden", "loc": ("query", name)} for name in unknown]
+        raise RequestValidationError(problems)
+
+
+KnownQueryDep = Depends(reject_unknown_query_parameters)
+
+
+def query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included (a query model's fields
+    by alias)."""
+    names: set[str] = set()
+    for param in dependant.query_params:
+        annotation = param.field_info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.update(f.alias or n for n, f in annotation.model_fields.items())
+        else:
+            names.add(param.alias)
+    for sub in dependant.dependencies:
+        names |= query_names(sub)
+    return names

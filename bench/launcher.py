@@ -340,10 +340,14 @@ def pass_over(
             started = time.perf_counter()
             report = launch_pass(settings, store, client, log=log)
             whole = time.perf_counter() - started
-        limits = Limits(10**9, settings.launcher_max_launches_per_pass)
+        limits = Limits(
+            10**9,
+            settings.launcher_max_launches_per_pass,
+            max_flow_runs=settings.launcher_max_flow_runs_per_pass,
+        )
         started = time.perf_counter()
         kind = batch_type(batch)
-        admit_and_claim(store, {kind: TypePolicy(kind)}, limits, "bench")
+        admit_and_claim(store, {kind: TypePolicy(kind, batch_size=batch)}, limits, "bench")
         admission = time.perf_counter() - started
         store.engine.dispose()
     log(

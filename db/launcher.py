@@ -62,6 +62,8 @@ class TypePolicy:
     max_running_weight: float | None = None
     #: Products published before ``now - horizon`` are back-processing (launched last).
     backprocessing_horizon: timedelta | None = None
+    #: Jobs the launcher puts in one flow run (``batch_size`` of the job type).
+    batch_size: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class Limits:
     max_launches: int
     #: (seconds in ready, priority added), any order: the largest step reached applies.
     escalation: Sequence[tuple[float, float]] = ()
+    #: Flow runs one pass may create (a batch of a job type is one); None: no cap.
+    max_flow_runs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,12 +258,15 @@ def choose(
     limits: Limits,
     running: Mapping[str, float],
 ) -> list[Candidate]:
-    """The candidates, in order, that fit under the overall cap, their job type's cap and the
-    launches per pass. A candidate that does not fit is skipped and later, lighter ones may
-    still fit (a heavy job type does not block a light one)."""
+    """The candidates, in order, that fit under the overall cap, their job type's cap, the
+    launches per pass and the flow runs per pass. A candidate that does not fit is skipped
+    and later, lighter ones may still fit (a heavy job type does not block a light one)."""
     total = sum(running.values())
     by_type = dict(running)
     chosen: list[Candidate] = []
+    #: Jobs chosen per job type, and the flow runs they make (a batch is one).
+    taken: dict[str, int] = {}
+    flow_runs = 0
     for candidate in ranked:
         if len(chosen) >= limits.max_launches:
             break
@@ -270,7 +277,14 @@ def choose(
             continue
         if policy.max_running_weight is not None and after > policy.max_running_weight + 1e-9:
             continue
+        # As tasks/launcher.py plans them: a job type's jobs in batches of its batch size.
+        opens_a_flow_run = taken.get(candidate.job_type, 0) % max(1, policy.batch_size) == 0
+        full = limits.max_flow_runs is not None and flow_runs >= limits.max_flow_runs
+        if opens_a_flow_run and full:
+            continue  # a job joining a batch opened already may still fit
+        flow_runs += opens_a_flow_run
         chosen.append(candidate)
+        taken[candidate.job_type] = taken.get(candidate.job_type, 0) + 1
         total += weight
         by_type[candidate.job_type] = after
     return chosen

@@ -4,14 +4,23 @@ workers of each pool run the flow runs (``process-job``, ``process-batch``)."""
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow
 
+from jobline.settings import get_settings
 from tasks import lifecycle
 from tasks.launcher import LaunchReport
 
 
 @flow(name="launch-jobs", log_prints=True)
-def launch_jobs() -> LaunchReport:
-    """configure waiting jobs -> admit and launch ready ones (see tasks/launcher.py)."""
+def launch_jobs() -> list[LaunchReport]:
+    """configure waiting jobs -> launcher passes (see tasks/launcher.py), back to back while
+    they launch jobs, for up to ``launcher_window_seconds``: a pass creates a bounded number of
+    flow runs, so a backlog is launched by many short passes, not by one long one."""
     lifecycle.configure_waiting()
-    return lifecycle.launch()
+    window_ends = time.monotonic() + get_settings().launcher_window_seconds
+    reports = [lifecycle.launch()]
+    while reports[-1].launched and not reports[-1].skipped and time.monotonic() < window_ends:
+        reports.append(lifecycle.launch())
+    return reports

@@ -199,6 +199,19 @@ class Settings(BaseSettings):
         description="The most jobs one launcher pass launches (each flow run it creates takes "
         "a Prefect API call of a fraction of a second).",
     )
+    launcher_max_flow_runs_per_pass: int = Field(
+        10,
+        gt=0,
+        description="The most flow runs one launcher pass creates (a batch is one): creating one "
+        "costs the Prefect server 50-120 ms, so a pass stays under 2 s however many jobs are "
+        "ready; the launch-jobs flow runs passes back to back (launcher_window_seconds).",
+    )
+    launcher_window_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="How long one launch-jobs flow run keeps starting passes while they "
+        "launch jobs (keep it below the deployment's 30 s interval); 0: one pass.",
+    )
     launcher_escalation_seconds: dict[str, float] = Field(
         default_factory=lambda: {"600": 10.0, "3600": 20.0},
         description="Priority a ready job gains while it waits, by seconds in ready: "

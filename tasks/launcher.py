@@ -145,6 +145,7 @@ def policies_for(store: JobStore, settings: Settings) -> dict[str, admission.Typ
             weight=settings.launch_weights.get(kind.name, kind.launch_weight),
             max_running_weight=settings.launcher_max_running_weight_by_type.get(kind.name),
             backprocessing_horizon=kind.backprocessing_horizon,
+            batch_size=kind.batch_size,
         )
     return policies
 
@@ -154,6 +155,7 @@ def limits_for(settings: Settings) -> admission.Limits:
         max_running_weight=settings.launcher_max_running_weight,
         max_launches=settings.launcher_max_launches_per_pass,
         escalation=settings.escalation_steps(),
+        max_flow_runs=settings.launcher_max_flow_runs_per_pass,
     )
 
 

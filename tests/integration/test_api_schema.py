@@ -22,6 +22,8 @@ api_server = server_support.api_server  # the fixture
 
 #: Generated cases per operation (about a dozen operations: a few hundred cases in all).
 EXAMPLES_PER_OPERATION = 25
+#: Headers that frame the message; the HTTP server, not the API, decides on them.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,14 @@ schema = (
 def test_the_api_never_answers_5xx(
     case: schemathesis.Case, api_server: ApiServer, some_jobs: None
 ) -> None:
+    # Framing headers are the HTTP server's (uvicorn answers a malformed one with its own 400
+    # in text/plain before the app sees the request): generated values of them test h11.
+    if case.headers:
+        case.headers = {
+            name: value
+            for name, value in case.headers.items()
+            if name.lower() not in FRAMING_HEADERS
+        }
     # Schema-valid requests may still be refused with 4xx for reasons a schema cannot say (a
     # job type that does not import, a NUL character, a message without a status change).
     case.call_and_validate(

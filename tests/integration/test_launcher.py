@@ -118,6 +118,23 @@ def test_a_paused_job_type_or_queue_is_not_launched_until_resumed(timed_store: J
     assert launched_ids(timed_store, policies, Limits(100, 10)) == paused_type
 
 
+def test_a_pass_creates_at_most_its_flow_runs_and_fills_the_batches_it_opened(
+    timed_store: JobStore,
+) -> None:
+    batched = ready_jobs(timed_store, 25, job_type="batched", priority=5)
+    single = ready_jobs(timed_store, 5, job_type="single")
+    policies = {
+        "batched": TypePolicy("batched", batch_size=10),
+        "single": TypePolicy("single"),
+    }
+    limits = Limits(max_running_weight=1000, max_launches=1000, max_flow_runs=3)
+    # batched first (priority 5): batches of 10, 10 and 5 are the three flow runs; a single
+    # job would open a fourth.
+    assert launched_ids(timed_store, policies, limits) == batched
+    assert launched_ids(timed_store, policies, limits) == single[:3]
+    assert launched_ids(timed_store, policies, limits) == single[3:]
+
+
 def test_an_old_low_priority_job_is_launched_under_a_stream_of_new_urgent_ones(
     timed_store: JobStore, clock: Clock
 ) -> None:
