@@ -53,7 +53,16 @@ KeyPath = Annotated[
     ),
 ]
 
-__all__ = ["AuthDep", "HubDep", "JobIdPath", "KeyPath", "LiveDep", "SettingsDep", "StoreDep"]
+__all__ = [
+    "AuthDep",
+    "HubDep",
+    "JobIdPath",
+    "KeyPath",
+    "KnownQueryDep",
+    "LiveDep",
+    "SettingsDep",
+    "StoreDep",
+]
 
 
 async def reject_unknown_query_parameters(request: Request) -> None:

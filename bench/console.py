@@ -29,9 +29,10 @@ import httpx
 from sqlalchemy import text
 
 from bench.data import QUEUE, open_store
+from bench.prefect_server import stop_process
 from bench.query import JOB_TYPES
 from bench.report import Measurement, timed
-from bench.streams import start_server, stop
+from bench.streams import start_server
 from db.models import sql_list
 from db.statuses import TERMINAL, Status
 from db.store import JobStore
@@ -152,7 +153,7 @@ def run(database_url: str, sizes: ConsoleSizes, log: Any) -> list[Measurement]:
             finally:
                 client.close()
         finally:
-            stop(server.process)
+            stop_process(server.process, 10)
 
 
 def _measure(client: httpx.Client, sizes: ConsoleSizes, log: Any) -> list[Measurement]:

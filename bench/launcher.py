@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.prefect_server import prefect_api
+from bench.prefect_server import prefect_api, stop_process
 from bench.report import Measurement, percentile
 from bench.scratch import scratch_database
 from bench.types import IMPORT_PATH, Noop, write_products
@@ -153,14 +153,10 @@ def workers(env: dict[str, str], count: int, limit: int, log_dir: Path) -> Itera
         wait_online(env["PREFECT_API_URL"], count, before)
         yield
     finally:
-        for process in started:
+        for process in started:  # all at once, then each waited for
             process.terminate()
         for process in started:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+            stop_process(process)
 
 
 def online_workers(api_url: str) -> set[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from bench.prefect_server import free_port
+from bench.prefect_server import free_port, stop_process
 from bench.report import Measurement, percentile
 
 JOB_TYPE = "jobtypes.demo:SnowCover"
@@ -76,17 +76,8 @@ def start_server(database_url: str, data_dir: Path) -> Server:
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    stop(server.process)
+    stop_process(server.process, 10)
     raise RuntimeError(f"streams: the API server did not start:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def post_latencies(client: httpx.Client, prefix: str, count: int) -> list[float]:
@@ -113,7 +104,7 @@ def open_streams(server: Server, sse: int, wait_ids: list[int]) -> subprocess.Po
     assert holder.stdout is not None
     line = holder.stdout.readline().strip()
     if line != "ready":
-        stop(holder)
+        stop_process(holder, 10)
         raise RuntimeError(f"streams: the stream holder did not get ready: {line!r}")
     return holder
 
@@ -133,7 +124,7 @@ def run(database_url: str, sizes: StreamSizes, log: Any) -> list[Measurement]:
         try:
             return _run(server, sizes, log)
         finally:
-            stop(server.process)
+            stop_process(server.process, 10)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,5 +1,5 @@
 """``launch-jobs``: admit ready jobs and create a flow run per job (or batch) on its flavor's
-work pool, without waiting for them. Deployed every 30 s, one pass at a time (prefect.yaml); the
+work pool, without waiting for them. Deployed every 30 s, one run at a time (prefect.yaml); the
 workers of each pool run the flow runs (``process-job``, ``process-batch``)."""
 
 from __future__ import annotations

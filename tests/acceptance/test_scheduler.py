@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.prefect_server import serve
+from bench.prefect_server import serve, stop_process
 from db.records import NewJob
 from db.store import JobStore
 from jobline.settings import Settings
@@ -241,12 +241,7 @@ def worker(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[byt
         try:
             yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+            stop_process(process)
 
 
 def job_of_a_lost_worker(database_url: str) -> int:

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.prefect_server import stop_process
+
 TOKEN = "test-token-0123456789"
 STARTUP_SECONDS = 60.0
 #: A job type every test can submit (it ships with jobline).
@@ -131,12 +133,7 @@ def _wait_healthy(server: ApiServer) -> None:
 
 
 def stop_server(server: ApiServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=10)
+    stop_process(server.process, 10)
 
 
 @pytest.fixture(scope="module")
