@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import select, update
 
-from db import maintenance, outbox
+from db import launcher, maintenance, outbox
 from db.models import Job
 from db.records import NewJob
 from db.statuses import Status, is_legal
@@ -543,3 +544,34 @@ def test_jobline_maintenance_rescues_and_reports_as_json(
     report = json.loads(result.output)
     assert report["rescued"] == [job_id] and report["errors"] == []
     assert store.get_job(job_id).status == "ready"
+
+
+def test_jobline_maintenance_checks_launches_only_against_a_prefect_server(
+    pg_settings: Settings,
+    jobline_env: Callable[[Settings], Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without PREFECT_API_URL every launched job would look deleted: the check refuses, the
+    rest of the pass runs, and the queued job stays queued."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    settings = jobline_env(pg_settings.model_copy(update={"remove_orphan_containers": False}))
+    store = JobStore.from_settings(settings)
+    (job_id,) = ready_jobs(store, 1)
+    (claimed,) = launcher.admit_and_claim(
+        store, {"tests:Maint": launcher.TypePolicy("tests:Maint")}, launcher.Limits(10, 10), "L"
+    ).claimed
+    launcher.record_flow_runs(store, {job_id: (claimed.lease_token, str(uuid.uuid4()))})
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        result = CliRunner().invoke(app, ["maintenance", "--launches", "--json"])
+
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert "needs PREFECT_API_URL" in report["errors"][0]
+    assert "launches" not in report
+    assert store.get_job(job_id).status == "queued"
