@@ -34,6 +34,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -355,49 +356,47 @@ def record_flow_runs(store: JobStore, flow_runs: Mapping[int, tuple[str, str]]) 
     rescued) are left alone. Returns the jobs recorded."""
     if not flow_runs:
         return []
+    by_run: dict[str, list[tuple[int, str]]] = {}
+    for job_id, (token, flow_run_id) in flow_runs.items():
+        by_run.setdefault(flow_run_id, []).append((job_id, token))
+    recorded: set[int] = set()
+    with store._transaction() as connection:
+        # One pair of statements per flow run, not per job: every statement on jobs runs the
+        # history's and the statistics' statement triggers, and a batch is one flow run.
+        for flow_run_id, jobs in by_run.items():
+            recorded.update(_record_flow_run(connection, flow_run_id, jobs))
+    return [job_id for job_id in flow_runs if job_id in recorded]
+
+
+def _record_flow_run(
+    connection: Connection, flow_run_id: str, jobs: Sequence[tuple[int, str]]
+) -> list[int]:
     table = Job.__table__.c
     history = JobStatusChange.__table__.c
-    params = [
-        {"b_id": job_id, "b_token": token, "b_flow_run_id": flow_run_id}
-        for job_id, (token, flow_run_id) in flow_runs.items()
-    ]
-    with store._transaction() as connection:
-        recorded = []
-        for one in params:
-            changed = connection.execute(
-                update(Job.__table__)
-                .where(
-                    table.id == bindparam("b_id"),
-                    table.status == S.QUEUED.value,
-                    table.lease_token == bindparam("b_token"),
-                )
-                .values(flow_run_id=bindparam("b_flow_run_id"))
-                .returning(table.id),
-                one,
-            ).scalar()
-            if changed is not None:
-                recorded.append(changed)
-            latest = (
-                select(func.max(history.id))
-                .where(history.job_id == bindparam("b_id"), history.to_status == S.QUEUED.value)
-                .scalar_subquery()
-            )
-            # Also when the flow run was faster and adopted the job already (it set the job's
-            # flow run id itself); not when the job was sent back and launched anew since.
-            of_this_run = (
-                select(table.id)
-                .where(
-                    table.id == bindparam("b_id"), table.flow_run_id == bindparam("b_flow_run_id")
-                )
-                .exists()
-            )
-            connection.execute(
-                update(JobStatusChange.__table__)
-                .where(history.id == latest, of_this_run)
-                .values(flow_run_id=bindparam("b_flow_run_id")),
-                one,
-            )
-    return recorded
+    job_ids = [job_id for job_id, _token in jobs]
+    recorded = connection.execute(
+        update(Job.__table__)
+        .where(
+            tuple_(table.id, table.lease_token).in_(jobs),
+            table.status == S.QUEUED.value,
+        )
+        .values(flow_run_id=flow_run_id)
+        .returning(table.id)
+    ).scalars()
+    launches = (
+        select(func.max(history.id))
+        .where(history.job_id.in_(job_ids), history.to_status == S.QUEUED.value)
+        .group_by(history.job_id)
+    )
+    # Also when the flow run was faster and adopted the job already (it set the job's flow run
+    # id itself); not when the job was sent back and launched anew since.
+    of_this_run = select(table.id).where(table.id.in_(job_ids), table.flow_run_id == flow_run_id)
+    connection.execute(
+        update(JobStatusChange.__table__)
+        .where(history.id.in_(launches), history.job_id.in_(of_this_run))
+        .values(flow_run_id=flow_run_id)
+    )
+    return list(recorded)
 
 
 def adopt(

@@ -205,9 +205,11 @@ def test_a_launched_job_is_recorded_adopted_by_its_flow_run_only_and_sent_back_w
     claimed = admit_and_claim(timed_store, {"a": TypePolicy("a")}, Limits(10, 10), "L").claimed
     tokens = {job.job_id: job.lease_token for job in claimed}
     assert len(set(tokens.values())) == 3
-    launcher.record_flow_runs(
-        timed_store, {first: (tokens[first], "run-1"), second: (tokens[second], "run-2")}
+    recorded = launcher.record_flow_runs(
+        timed_store, {second: (tokens[second], "run-2"), first: (tokens[first], "run-1")}
     )
+    assert recorded == [second, first], "in the order given"
+    assert launcher.record_flow_runs(timed_store, {third: ("not-its-token", "run-3")}) == []
     job = timed_store.get_job(first)
     assert (job.status, job.flow_run_id, job.lease_expires_at) == ("queued", "run-1", None)
     assert timed_store.history(first)[-1].flow_run_id == "run-1"
