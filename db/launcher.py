@@ -374,15 +374,17 @@ def _record_flow_run(
     table = Job.__table__.c
     history = JobStatusChange.__table__.c
     job_ids = [job_id for job_id, _token in jobs]
-    recorded = connection.execute(
-        update(Job.__table__)
-        .where(
-            tuple_(table.id, table.lease_token).in_(jobs),
-            table.status == S.QUEUED.value,
-        )
-        .values(flow_run_id=flow_run_id)
-        .returning(table.id)
-    ).scalars()
+    recorded = list(
+        connection.execute(
+            update(Job.__table__)
+            .where(
+                tuple_(table.id, table.lease_token).in_(jobs),
+                table.status == S.QUEUED.value,
+            )
+            .values(flow_run_id=flow_run_id)
+            .returning(table.id)
+        ).scalars()
+    )
     launches = (
         select(func.max(history.id))
         .where(history.job_id.in_(job_ids), history.to_status == S.QUEUED.value)
@@ -396,7 +398,7 @@ def _record_flow_run(
         .where(history.id.in_(launches), history.job_id.in_(of_this_run))
         .values(flow_run_id=flow_run_id)
     )
-    return list(recorded)
+    return recorded
 
 
 def adopt(
