@@ -6,9 +6,15 @@ test's own on Prefect's SQLite default), ``jobline db upgrade``, the ``jobline``
 ``prefect deploy --all`` from the repository root and a worker on the pool. Nobody creates a flow
 run by hand: the test waits until the server's scheduler has created runs of the ``maintenance``
 deployment and the worker has run one of them to COMPLETED, and checks that this run rescued a
-job whose worker was lost. Any ERROR line the server logs meanwhile fails the test (this is how
+job whose worker was lost. Any ERROR the server logs meanwhile fails the test (this is how
 Prefect 3.8.8's scheduler shows that it breaks on SQLAlchemy 2.1: an ERROR on every pass, and
-no run is ever created).
+no run is ever created), with one exception on the SQLite server: SQLite's "database is locked".
+Prefect's worker channel persists a heartbeat in a deferred transaction that reads, then writes;
+when another write commits in between, SQLite refuses at once (its busy timeout does not apply to
+a stale snapshot), Prefect logs an ERROR and closes the channel, and the worker goes on polling
+and heartbeating over HTTP. That is a limit of Prefect's SQLite back end under load (it failed a
+CI run once), not a broken scheduler; the test counts and prints those errors and still fails on
+any other. Production servers run on PostgreSQL (README, "Deployments and workers").
 
 The back ends run at the same time, so the test costs about one server start, one deployment and
 one wait for the next minute, not two of each.
@@ -49,6 +55,11 @@ COMPLETED_WITHIN = 240
 #: A line the server logged at level ERROR: Prefect's ``12:00:00.000 | ERROR | …`` or
 #: uvicorn's ``ERROR:    …``.
 ERROR_LINE = re.compile(r"^(?:.*\|\s*ERROR\s*\||ERROR:).*$", re.MULTILINE)
+#: Where a log record starts (a Prefect or a uvicorn line): a record runs to the next one, so
+#: an ERROR's traceback is part of its record.
+RECORD_START = re.compile(r"^(?=\d{2}:\d{2}:\d{2}\.\d+ \||[A-Z]+:\s)", re.MULTILINE)
+#: The one error the SQLite server may log (module docstring).
+SQLITE_LOCKED = "(sqlite3.OperationalError) database is locked"
 JOBLINE = str(Path(sys.executable).with_name("jobline"))
 
 
@@ -58,17 +69,25 @@ class ServerLog:
 
     path: Path
     offset: int = 0
+    #: A text that makes an ERROR record tolerable (counted, not failed on).
+    tolerated: str | None = None
 
     @classmethod
     def from_now(cls, path: Path) -> ServerLog:
         return cls(path, path.stat().st_size if path.exists() else 0)
 
-    def assert_no_errors(self) -> None:
+    def assert_no_errors(self) -> int:
+        """Fails on an ERROR record; returns how many tolerated ones the log holds."""
         with self.path.open("rb") as log:
             log.seek(self.offset)
             text = log.read().decode(errors="replace")
-        errors = ERROR_LINE.findall(text)
-        assert not errors, f"the Prefect server logged errors:\n{text[-4000:]}"
+        errors = [record for record in RECORD_START.split(text) if ERROR_LINE.match(record)]
+        tolerated = [e for e in errors if self.tolerated is not None and self.tolerated in e]
+        failing = [e for e in errors if e not in tolerated]
+        assert not failing, "the Prefect server logged errors:\n" + "\n".join(
+            record[-4000:] for record in failing[:2]
+        )
+        return len(tolerated)
 
 
 class StoppedForTheOther(Exception):
@@ -81,6 +100,8 @@ class Outcome:
     phases: dict[str, float]
     seconds_to_first_scheduled_run: float
     scheduled_maintenance_runs: int
+    #: ERRORs the server logged that the test tolerates (module docstring).
+    tolerated_server_errors: int
 
 
 @pytest.mark.slow
@@ -136,7 +157,7 @@ def on_own_sqlite_server(root: Path, failed: threading.Event) -> Outcome:
     home.mkdir(parents=True)
     with contextlib.contextmanager(serve)(None, home) as api_url:
         server = {"server": round(time.monotonic() - started, 1)}
-        log = ServerLog(home / "server.log")
+        log = ServerLog(home / "server.log", tolerated=SQLITE_LOCKED)
         database = f"sqlite:///{root / 'jobline.db'}"
         return schedule_and_run("sqlite", root, api_url, log, database, server, failed)
 
@@ -200,8 +221,8 @@ def schedule_and_run(
         snow_cover = deployment(api, "run-pipeline/snow-cover")["id"]
         assert scheduled_runs(api, snow_cover, created_after=deploying)
     assert_rescued(jobline_database, lost_job)
-    log.assert_no_errors()
-    return Outcome(backend, phases, round(first_scheduled or 0.0, 1), len(runs))
+    tolerated = log.assert_no_errors()
+    return Outcome(backend, phases, round(first_scheduled or 0.0, 1), len(runs), tolerated)
 
 
 def operator_env(api_url: str, database_url: str, root: Path) -> dict[str, str]:
