@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -213,25 +214,37 @@ def bulk_method_not_allowed(request: Request) -> None:
 def retry_jobs(body: BulkRequest, store: StoreDep, settings: SettingsDep) -> BulkOut:
     """Retry every failed job (``internal_error``, ``external_error``, ``error_checked``) of a
     filter; with ``dry_run`` only count them."""
-    filters = bulk_filter(body, settings)
-    if filters is None:
-        return BulkOut(dry_run=body.dry_run, jobs=0)
-    if body.dry_run:
-        return BulkOut(dry_run=True, jobs=store.count_retryable(filters))
-    message = body.message or "retried by an operator (bulk)"
-    return BulkOut(dry_run=False, jobs=store.retry_many(filters, message=message))
+    return _bulk_action(
+        body, settings, store.count_retryable, store.retry_many, "retried by an operator (bulk)"
+    )
 
 
 @router.post("/cancel")
 def cancel_jobs(body: BulkRequest, store: StoreDep, settings: SettingsDep) -> BulkOut:
     """Cancel every job of a filter whose status allows it; with ``dry_run`` only count them."""
+    return _bulk_action(
+        body,
+        settings,
+        store.count_cancellable,
+        store.cancel_many,
+        "cancelled by an operator (bulk)",
+    )
+
+
+def _bulk_action(
+    body: BulkRequest,
+    settings: Settings,
+    count: Callable[[JobFilter], int],
+    act: Callable[..., int],
+    default_message: str,
+) -> BulkOut:
+    """One bulk action: ``count`` the jobs it would change (dry run) or ``act`` on them."""
     filters = bulk_filter(body, settings)
     if filters is None:
         return BulkOut(dry_run=body.dry_run, jobs=0)
     if body.dry_run:
-        return BulkOut(dry_run=True, jobs=store.count_cancellable(filters))
-    message = body.message or "cancelled by an operator (bulk)"
-    return BulkOut(dry_run=False, jobs=store.cancel_many(filters, message=message))
+        return BulkOut(dry_run=True, jobs=count(filters))
+    return BulkOut(dry_run=False, jobs=act(filters, message=body.message or default_message))
 
 
 def _statuses(status: list[Status] | None, phase: str | None) -> list[Status] | None:
