@@ -79,6 +79,8 @@ class LiveFeed:
         self._feed: StatusFeed | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._suspect_reset = False
+        #: How often the feed started the history again (see :meth:`_restart`).
+        self.restarts = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,6 +135,25 @@ class LiveFeed:
             after = self.cursor
         return Subscription(self, after, job_id, job_type)
 
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(restarts, cursor)``, for :meth:`restart_if_history_went_back`."""
+        return self.restarts, self.cursor
+
+    def restart_if_history_went_back(self, seen: tuple[int, int], newest: int) -> None:
+        """Start the history again now if it went backwards and no notice has told the feed.
+
+        ``seen`` is :attr:`position` taken before ``newest``, the history's newest id, was read
+        from the database. The cursor never passes a committed id, so ``newest`` below the
+        cursor seen earlier means the history was emptied or replaced (TRUNCATE ... RESTART
+        IDENTITY, a restored dump). A stream opened then would start at an id of the new
+        history and take the old history's buffered events above it; called before it
+        subscribes, it gets only the new history's.
+        """
+        restarts, cursor = seen
+        if self.started and restarts == self.restarts and newest < cursor:
+            self._restart()
+
     def buffered_after(self, position: int) -> tuple[list[StatusEvent], int]:
         """The buffered events after ``position`` (which must be at least :attr:`base`), and
         the position they bring a reader to."""
@@ -163,9 +184,13 @@ class LiveFeed:
             self._last_read = loop.time()
             try:
                 events = await loop.run_in_executor(self._reader, _read_all, feed)
+                if feed is not self._feed:
+                    continue  # the history started again during the read: drop the old events
                 if self._suspect_reset and not events:
                     self._suspect_reset = False
                     newest = await loop.run_in_executor(self._reader, self.store.last_change_id)
+                    if feed is not self._feed:
+                        continue
                     if newest < feed.cursor:
                         self._restart()
                         continue
@@ -180,6 +205,7 @@ class LiveFeed:
         """The history's ids went backwards (it was emptied, e.g. TRUNCATE ... RESTART
         IDENTITY, or replaced): start again from its beginning, and so does every subscriber."""
         log.warning("live status: the history ids went backwards; reading it from the start")
+        self.restarts += 1
         self._feed = StatusFeed(self.store, after=0)
         self.cursor = self.base = 0
         self._events.clear()

@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from db.migrate import upgrade
 from db.store import JobStore
 from jobline.settings import Settings
+from tests.support.database import empty_database
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_SERVER_URL = os.environ.get(
@@ -74,30 +75,8 @@ def empty_pg_url() -> Iterator[str]:
 def pg_settings(pg_database_url: str, tmp_path: Path) -> Settings:
     """Settings on the session's PostgreSQL database, emptied before the test."""
     settings = Settings(database_url=pg_database_url, data_dir=tmp_path / "data")
-    engine = create_engine(settings.resolved_database_url)
-    tables = ", ".join(
-        f'"{settings.db_schema}".{table}'
-        for table in ("jobs", "job_status_changes", "job_metadata", "meta", "job_stats", "pauses")
-    )
-    try:
-        with engine.begin() as connection:
-            # A connection left in a transaction by an earlier test would make TRUNCATE wait
-            # for ever: fail within seconds instead, naming who holds it.
-            connection.execute(text("SET LOCAL lock_timeout = '20s'"))
-            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    except OperationalError as error:
-        with engine.connect() as connection:
-            holders = connection.execute(_OTHER_SESSIONS).all()
-        pytest.fail(f"cannot empty the test database: {error.orig}; other sessions: {holders}")
-    finally:
-        engine.dispose()
+    empty_database(settings)
     return settings
-
-
-_OTHER_SESSIONS = text(
-    "SELECT pid, application_name, state, now() - xact_start AS in_transaction, query "
-    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-)
 
 
 @pytest.fixture

@@ -54,6 +54,7 @@ class FeedStart:
 async def open_feed(
     store: StoreDep,
     settings: SettingsDep,
+    live: LiveDep,
     job_id: Annotated[
         int | None, Query(ge=1, le=INT64_MAX, description="Only this job's changes.")
     ] = None,
@@ -71,7 +72,11 @@ async def open_feed(
     """Where the stream starts, positioned as the request asks (404 for an unknown job)."""
     resume = _parse_last_event_id(last_event_id)
     start = resume if resume is not None else after
-    cursor = await run_in_threadpool(_starting_cursor, store, job_id, start)
+    # The feed's position before the database's newest id: together they tell whether the
+    # history went backwards unnoticed (then the feed starts again before this stream subscribes).
+    seen = live.position
+    cursor, newest = await run_in_threadpool(_starting_cursor, store, job_id, start)
+    live.restart_if_history_went_back(seen, newest)
     return FeedStart(cursor, job_id, stored_job_type(job_type, settings))
 
 
@@ -83,14 +88,13 @@ def _parse_last_event_id(value: str | None) -> int | None:
     return int(value)
 
 
-def _starting_cursor(store: JobStore, job_id: int | None, start: int | None) -> int:
-    if job_id is not None:
-        history = store.history(job_id)  # JobNotFound: 404
-        if start is None:
-            return history[0].id - 1 if history else store.last_change_id()
+def _starting_cursor(store: JobStore, job_id: int | None, start: int | None) -> tuple[int, int]:
+    """Where the stream starts, and the history's newest id."""
+    history = store.history(job_id) if job_id is not None else []  # JobNotFound: 404
+    newest = store.last_change_id()
     if start is not None:
-        return start
-    return store.last_change_id()
+        return start, newest
+    return (history[0].id - 1 if history else newest), newest
 
 
 FeedDep = Annotated[FeedStart, Depends(open_feed)]
