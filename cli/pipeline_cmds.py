@@ -103,10 +103,12 @@ def _inputs_for_workers(
     from tasks.runners.images import ensure_demo_image
     from tasks.runners.select import resolve_runner_name
 
-    out.print(f"input products: {what} (nothing processed)")
+    # Soft wrap: a path or a command broken across lines cannot be copied.
+    out.print(f"input products: {what} (nothing processed)", soft_wrap=True)
     out.print(
         f"A worker whose JOBLINE_DATA_DIR is {settings.data_dir} finds them on the next run of "
-        "run-pipeline/snow-cover (hourly; now: `prefect deployment run run-pipeline/snow-cover`)."
+        "run-pipeline/snow-cover (hourly; now: `prefect deployment run run-pipeline/snow-cover`).",
+        soft_wrap=True,
     )
     if resolve_runner_name(job_type, settings, runner) != "docker":  # type: ignore[arg-type]
         return

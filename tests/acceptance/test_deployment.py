@@ -116,7 +116,9 @@ def test_deploy_all_and_worker_runs_the_pipeline(
     )
     inputs = Path(SnowCover(settings).input_url.removeprefix("file://"))
     assert len(list(inputs.glob("*.SAFE"))) == 2, written.stdout
-    assert f"JOBLINE_DATA_DIR is {data_dir}" in " ".join(written.stdout.split())
+    # On one line, unbroken (soft wrap), however long the path: it can be copied.
+    assert f"JOBLINE_DATA_DIR is {data_dir} finds them" in written.stdout
+    assert "`prefect deployment run run-pipeline/snow-cover`" in written.stdout
     store = JobStore.from_settings(settings)
     assert store.list_jobs().jobs == [], "nothing was processed"
 
