@@ -15,10 +15,6 @@ database and data dir, against one Prefect server (as :mod:`bench.pipeline`).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +22,8 @@ from typing import Any
 
 from bench.prefect_server import prefect_api
 from bench.report import Measurement
-from bench.scratch import scratch_database
-from bench.types import SLEEPER_IMAGE, write_sleepers
+from bench.scratch import run_child_process, scratch_database
+from bench.types import SLEEPER_IMAGE, child_env, write_sleepers
 
 CHILD_TIMEOUT = 900
 #: The benchmark's allowance for jobs that should overlap: wall <= SLACK x S + overhead.
@@ -51,27 +47,14 @@ def run_child(
     ):
         data_dir = Path(scratch) / "data"
         write_sleepers(data_dir / "input", jobs, seconds)
-        env = {
-            **os.environ,
-            "JOBLINE_DATABASE_URL": database_url,
-            "JOBLINE_DATA_DIR": str(data_dir),
-            "JOBLINE_IMAGE_PULL_POLICY": "never",
-            "PREFECT_API_URL": api_url,
-        }
-        log = Path(scratch) / "child.log"
-        with log.open("w") as stderr:
-            process = subprocess.run(
-                [sys.executable, "-m", "bench.concurrency_child", runner, str(jobs)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                timeout=CHILD_TIMEOUT,
-                check=False,
-            )
-        if process.returncode != 0:
-            raise RuntimeError(f"{runner} x {jobs} failed: {log.read_text()[-3000:]}")
-        report = json.loads(process.stdout.strip().splitlines()[-1])
+        report = run_child_process(
+            "bench.concurrency_child",
+            [runner, str(jobs)],
+            env=child_env(database_url, data_dir, api_url),
+            scratch=Path(scratch),
+            timeout=CHILD_TIMEOUT,
+            what=f"{runner} x {jobs}",
+        )
     if report["done"] != jobs:
         raise RuntimeError(f"{runner} x {jobs}: {report['done']} of {jobs} jobs done: {report}")
     return report

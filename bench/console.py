@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from bench.data import QUEUE, open_store
+from bench.data import QUEUE, open_store, status_case
 from bench.prefect_server import stop_process
 from bench.query import JOB_TYPES
 from bench.report import Measurement, timed
@@ -71,19 +71,11 @@ class ConsoleSizes:
     repeats: int
 
 
-def status_case() -> str:
-    """A SQL CASE giving row ``i`` its status by ``i % 10000`` according to ``SHARES``."""
-    branches, upper = [], 0
-    for status, share in SHARES.items():
-        upper += share
-        branches.append(f"WHEN i % 10000 < {upper} THEN '{status.value}'")
-    return f"CASE {' '.join(branches)} ELSE 'done' END"
-
-
 def populate(store: JobStore, jobs: int) -> None:
     """``jobs`` jobs in one statement: finished over the last 7 days, latencies 1 min to 3 h."""
     changed = "now() - ((i::bigint * 7919) % 604800) * interval '1 second'"
     published = f"({changed}) - (60 + (i::bigint * 7907) % 10740) * interval '1 second'"
+    statuses = status_case(SHARES, 10000)
     statement = f"""
     INSERT INTO jobs (job_key, job_type, queue, priority, product_id, tile_id, input_path,
         input_publication_date, output_publication_date, config, input_files, output_files,
@@ -96,7 +88,7 @@ def populate(store: JobStore, jobs: int) -> None:
         {changed}, 1, 3, {published}, now(),
         CASE WHEN s.status IN ({sql_list(TERMINAL)}) THEN {changed} END,
         {published} + interval '2 hours'
-    FROM generate_series(1, :jobs) AS i, LATERAL (SELECT {status_case()} AS status) AS s
+    FROM generate_series(1, :jobs) AS i, LATERAL (SELECT {statuses} AS status) AS s
     """
     with store.engine.begin() as connection:
         for trigger in SETUP_WITHOUT:

@@ -20,6 +20,16 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 TABLES = ("jobs", "job_status_changes", "job_metadata", "meta")
 
 
+def status_case(shares: dict[Status, int], modulus: int) -> str:
+    """A SQL CASE giving row ``i`` its status by ``i % modulus``: each status its share of the
+    ``modulus`` (parts per ``modulus``), the rest ``done``."""
+    branches, upper = [], 0
+    for status, share in shares.items():
+        upper += share
+        branches.append(f"WHEN i % {modulus} < {upper} THEN '{status.value}'")
+    return f"CASE {' '.join(branches)} ELSE 'done' END"
+
+
 def products(count: int, *, offset: int = 0, job_type: str = JOB_TYPE) -> list[NewJob]:
     """``count`` new jobs shaped like discovered Sentinel-2 products (two input files each)."""
     return [

@@ -13,10 +13,6 @@ same PostgreSQL server, or the one ``PREFECT_API_URL`` names.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +20,8 @@ from typing import Any
 
 from bench.prefect_server import prefect_api
 from bench.report import Measurement
-from bench.scratch import scratch_database
-from bench.types import IMPORT_PATH, write_products
+from bench.scratch import run_child_process, scratch_database
+from bench.types import child_env, write_products
 
 #: Seconds one child flow run may take before it is killed.
 CHILD_TIMEOUT = 1_800
@@ -50,27 +46,14 @@ def run_child(
     ):
         data_dir = Path(scratch) / "data"
         write_products(data_dir / "input", jobs if mode == "jobline" else 0)
-        env = {
-            **os.environ,
-            "JOBLINE_DATABASE_URL": database_url,
-            "JOBLINE_DATA_DIR": str(data_dir),
-            "JOBLINE_JOB_TYPES": IMPORT_PATH,  # the benchmark's job type, registered
-            "PREFECT_API_URL": api_url,
-        }
-        log = Path(scratch) / "child.log"
-        with log.open("w") as stderr:
-            process = subprocess.run(
-                [sys.executable, "-m", "bench.pipeline_child", mode, str(jobs), str(concurrency)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                timeout=CHILD_TIMEOUT,
-                check=False,
-            )
-        if process.returncode != 0:
-            raise RuntimeError(f"{mode} flow over {jobs} jobs failed: {log.read_text()[-3000:]}")
-        report = json.loads(process.stdout.strip().splitlines()[-1])
+        report = run_child_process(
+            "bench.pipeline_child",
+            [mode, str(jobs), str(concurrency)],
+            env=child_env(database_url, data_dir, api_url),
+            scratch=Path(scratch),
+            timeout=CHILD_TIMEOUT,
+            what=f"{mode} flow over {jobs} jobs",
+        )
     if report["processed"] != jobs:
         raise RuntimeError(f"{mode}: {report['processed']} of {jobs} jobs succeeded: {report}")
     return report

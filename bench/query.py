@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.data import QUEUE, open_store
+from bench.data import QUEUE, open_store, status_case
 from bench.report import Measurement, timed
 from db.models import sql_list
 from db.records import JobFilter
@@ -56,17 +56,9 @@ class QuerySizes:
     repeats: int
 
 
-def status_case() -> str:
-    """A SQL CASE giving row ``i`` its status by ``i % 1000`` according to ``SHARES``."""
-    branches, upper = [], 0
-    for status, share in SHARES.items():
-        upper += share
-        branches.append(f"WHEN i % 1000 < {upper} THEN '{status.value}'")
-    return f"CASE {' '.join(branches)} ELSE 'done' END"
-
-
 def populate(store: JobStore, jobs: int) -> None:
     """``jobs`` jobs written in one statement, with the user triggers off for it."""
+    statuses = status_case(SHARES, 1000)
     statement = f"""
     INSERT INTO jobs (job_key, job_type, queue, priority, product_id, tile_id, input_path,
         input_publication_date, config, input_files, output_files, status, status_seq,
@@ -77,7 +69,7 @@ def populate(store: JobStore, jobs: int) -> None:
         timestamptz '2026-01-01' + i * interval '1 second', '{{}}', '[]', '[]', s.status, 1,
         now(), 0, 3, now(), now(),
         CASE WHEN s.status IN ({sql_list(TERMINAL)}) THEN now() END
-    FROM generate_series(1, :jobs) AS i, LATERAL (SELECT {status_case()} AS status) AS s
+    FROM generate_series(1, :jobs) AS i, LATERAL (SELECT {statuses} AS status) AS s
     """
     with store.engine.begin() as connection:
         for trigger in SETUP_WITHOUT:

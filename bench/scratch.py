@@ -1,12 +1,17 @@
-"""The scratch PostgreSQL database a benchmark run works in, and the machine it ran on."""
+"""The scratch PostgreSQL database a benchmark run works in, its child processes, and the
+machine it ran on."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import prefect
@@ -52,6 +57,27 @@ def scratch_database(url: str, *, migrate: bool = True) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def run_child_process(
+    module: str, args: list[str], *, env: dict[str, str], scratch: Path, timeout: float, what: str
+) -> dict[str, Any]:
+    """``python -m module args`` in a fresh process; its report, the JSON last line of its
+    output. Its log goes to ``scratch/child.log``, whose end a failure (``what`` failed) shows."""
+    log = scratch / "child.log"
+    with log.open("w") as stderr:
+        process = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    if process.returncode != 0:
+        raise RuntimeError(f"{what} failed: {log.read_text()[-3000:]}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
 
 
 def machine_facts(url: str) -> dict[str, Any]:

@@ -1,8 +1,12 @@
-"""The job type of the pipeline benchmarks: a product is a folder holding one small file, and the
-processing is ``true`` on the local runner (no output, so the job ends ``processed -> done``)."""
+"""The job types of the pipeline benchmarks, and the environment of the flow runs that run them.
+
+``Noop``: a product is a folder holding one small file, and the processing is ``true`` on the
+local runner (no output, so the job ends ``processed -> done``). ``Sleeper``: the processing
+sleeps, in a container or a local process."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from jobtypes.base import JobType
@@ -53,3 +57,20 @@ def write_sleepers(input_root: Path, count: int, seconds: float) -> None:
         product = folder / f"sleep-{seconds:g}-{index:03d}"
         product.mkdir(parents=True, exist_ok=True)
         (product / "data.bin").write_bytes(b"x")
+
+
+#: Every job type above: a flow run's settings must register them (the registry refuses others).
+JOB_TYPES = (IMPORT_PATH, SLEEPER_PATH)
+
+
+def child_env(database_url: str, data_dir: Path, api_url: str) -> dict[str, str]:
+    """The environment of a benchmark's flow run process: its store, its data dir, its Prefect
+    API, the benchmark job types registered, and images never pulled (there is no registry)."""
+    return {
+        **os.environ,
+        "JOBLINE_DATABASE_URL": database_url,
+        "JOBLINE_DATA_DIR": str(data_dir),
+        "JOBLINE_IMAGE_PULL_POLICY": "never",
+        "JOBLINE_JOB_TYPES": ",".join(JOB_TYPES),
+        "PREFECT_API_URL": api_url,
+    }
